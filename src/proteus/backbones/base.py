@@ -1,0 +1,176 @@
+"""The backbone protocol: preprocess raw items, embed them to ``N x d``, name low-rank targets.
+
+Every adapter is an ``nn.Module`` whose ``forward`` maps a preprocessed batch to embeddings, so
+low-rank units attached to its layers (see ``proteus.lora``) take part in the forward pass with
+no special casing.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from ..data.base import DataError, Modality
+from ..registry import Registry
+
+BACKBONES: Registry["Backbone"] = Registry("backbone")
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+class Backbone(nn.Module):
+    """A pre-trained encoder. Subclasses set ``modality``, ``embed_dim``, ``default_targets``."""
+
+    modality: Modality
+    embed_dim: int
+    #: regular expressions over ``named_modules()`` names: where low-rank units go by default
+    default_targets: list[str] = []
+
+    def preprocess(self, items: Sequence[Any] | np.ndarray, train: bool = False) -> Any:
+        """Raw items (image arrays/paths, or texts) -> model inputs on ``self.device``."""
+        raise NotImplementedError
+
+    def forward(self, inputs: Any) -> torch.Tensor:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.parameters()).device
+
+    def target_layers(self, patterns: list[str] | None = None) -> dict[str, nn.Module]:
+        """Modules whose names fully match one of ``patterns`` (default: ``default_targets``)."""
+        regexes = [re.compile(p) for p in (patterns or self.default_targets)]
+        found = {
+            name: module
+            for name, module in self.named_modules()
+            if name and any(r.fullmatch(name) for r in regexes)
+        }
+        if not found:
+            raise ValueError(
+                f"{type(self).__name__}: no layer matches target patterns {patterns}; "
+                f"layer names look like {[n for n, _ in list(self.named_modules())[1:6]]}"
+            )
+        return found
+
+
+def embed(
+    backbone: Backbone,
+    items: Sequence[Any] | np.ndarray,
+    batch_size: int = 256,
+    desc: str = "embed",
+    progress: bool = True,
+) -> np.ndarray:
+    """Embed ``items`` in batches under inference mode; returns float32 ``N x d``."""
+    was_training = backbone.training
+    backbone.eval()
+    out = []
+    n = len(items)
+    with torch.inference_mode():
+        for start in tqdm(range(0, n, batch_size), desc=desc, disable=not progress or n <= batch_size,
+                          leave=False, unit="batch"):
+            batch = _slice(items, start, start + batch_size)
+            out.append(backbone(backbone.preprocess(batch)).float().cpu().numpy())
+    backbone.train(was_training)
+    if not out:
+        return np.zeros((0, backbone.embed_dim), dtype=np.float32)
+    return np.concatenate(out).astype(np.float32, copy=False)
+
+
+def _slice(items: Sequence[Any] | np.ndarray, start: int, stop: int):
+    return items[start:stop]
+
+
+class ImagePreprocessor:
+    """uint8 arrays (N,H,W[,C]) or image paths -> normalised float tensors (N,3,S,S).
+
+    Written with torch ops rather than torchvision: the torchvision wheel does not load beside the
+    CPU torch build this project pins, and the few transforms needed are short.
+    Training augmentation follows the paper's config: RandomResizedCrop + horizontal flip.
+    """
+
+    def __init__(self, size: int, mean=IMAGENET_MEAN, std=IMAGENET_STD, crop_scale=(0.05, 1.0),
+                 flip: bool = True):
+        self.size = size
+        self.mean = torch.tensor(mean).view(1, 3, 1, 1)
+        self.std = torch.tensor(std).view(1, 3, 1, 1)
+        self.crop_scale = crop_scale
+        self.flip = flip
+
+    def __call__(self, items, train: bool = False, generator: torch.Generator | None = None) -> torch.Tensor:
+        if isinstance(items, np.ndarray):
+            batch = self._from_array(items)
+            x = (torch.stack([self._augment(img, generator) for img in batch]) if train
+                 else _resize(batch, self.size))
+        else:
+            images = [self._load(p) for p in items]
+            x = torch.stack([self._augment(img, generator) if train else self._center(img)
+                             for img in images])
+        return (x - self.mean) / self.std
+
+    @staticmethod
+    def _from_array(items: np.ndarray) -> torch.Tensor:
+        if items.dtype != np.uint8:
+            raise DataError(f"image arrays must be uint8, got {items.dtype}")
+        t = torch.from_numpy(np.ascontiguousarray(items))
+        t = t.unsqueeze(1) if t.ndim == 3 else t.permute(0, 3, 1, 2)
+        t = t.float() / 255.0
+        return t.expand(-1, 3, -1, -1) if t.shape[1] == 1 else t
+
+    @staticmethod
+    def _load(path) -> torch.Tensor:
+        from PIL import Image, UnidentifiedImageError
+
+        try:
+            with Image.open(path) as im:
+                arr = np.asarray(im.convert("RGB"), dtype=np.uint8)
+        except (OSError, UnidentifiedImageError) as exc:
+            raise DataError(f"{path}: cannot read image: {exc}") from None
+        return torch.from_numpy(arr).permute(2, 0, 1).float() / 255.0
+
+    def _center(self, img: torch.Tensor) -> torch.Tensor:
+        """Resize the short side to size*256/224, then centre-crop (the usual test transform)."""
+        _, h, w = img.shape
+        short = round(self.size * 256 / 224)
+        nh, nw = (short, max(short, round(w * short / h))) if h <= w else (max(short, round(h * short / w)), short)
+        img = torch.nn.functional.interpolate(img.unsqueeze(0), size=(nh, nw), mode="bilinear",
+                                              antialias=True, align_corners=False)[0]
+        top, left = (nh - self.size) // 2, (nw - self.size) // 2
+        return img[:, top:top + self.size, left:left + self.size]
+
+    def _augment(self, img: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
+        _, h, w = img.shape
+        area = h * w
+        for _ in range(10):
+            target = area * float(torch.empty(1).uniform_(*self.crop_scale, generator=generator))
+            log_ratio = torch.empty(1).uniform_(np.log(3 / 4), np.log(4 / 3), generator=generator)
+            ratio = float(torch.exp(log_ratio))
+            cw = int(round((target * ratio) ** 0.5))
+            ch = int(round((target / ratio) ** 0.5))
+            if 0 < cw <= w and 0 < ch <= h:
+                top = int(torch.randint(0, h - ch + 1, (1,), generator=generator))
+                left = int(torch.randint(0, w - cw + 1, (1,), generator=generator))
+                img = img[:, top:top + ch, left:left + cw]
+                break
+        img = _resize(img.unsqueeze(0), self.size)[0]
+        if self.flip and float(torch.rand(1, generator=generator)) < 0.5:
+            img = img.flip(-1)
+        return img
+
+
+def _resize(x: torch.Tensor, size: int) -> torch.Tensor:
+    if x.shape[-2:] == (size, size):
+        return x
+    return torch.nn.functional.interpolate(x, size=(size, size), mode="bilinear",
+                                           antialias=True, align_corners=False)
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)

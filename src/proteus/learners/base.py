@@ -1,0 +1,102 @@
+"""The learner interface every method implements, and the per-run context the engine hands it."""
+
+from __future__ import annotations
+
+import contextlib
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from typing import Any, Callable, ClassVar, ContextManager
+
+import numpy as np
+import torch
+
+from ..backbones.base import Backbone, embed
+from ..data.base import LabeledData
+from ..data.scenario import Task
+from ..registry import Options, Registry
+
+LEARNERS: Registry["Learner"] = Registry("learner")
+
+
+@dataclass
+class Prediction:
+    classes: np.ndarray  # predicted class positions (class-order ids), shape (N,)
+    tasks: np.ndarray | None = None  # inferred task index per sample, for learners that infer one
+
+
+@dataclass
+class Context:
+    """What the engine shares with a learner: the backbone, seeds, and a frozen-feature cache.
+
+    Frozen embeddings of a sample never change, so they are computed once per run and reused
+    by every evaluation after every task (keyed by the sample's stable id).
+    """
+
+    backbone: Backbone
+    seed: int = 0
+    batch_size: int = 256
+    progress: bool = True
+    #: entered around frozen-feature extraction; a learner with adapters installs one that
+    #: switches them off, so cached features are the pre-trained backbone's
+    frozen_scope: Callable[[], ContextManager] = contextlib.nullcontext
+    _cache: dict[int, np.ndarray] = field(default_factory=dict, repr=False)
+
+    def features(self, data: LabeledData, desc: str = "embed (frozen)") -> np.ndarray:
+        missing = [i for i, sid in enumerate(data.ids.tolist()) if sid not in self._cache]
+        if missing:
+            with self.frozen_scope():
+                new = embed(self.backbone, _take(data.items, missing), self.batch_size, desc,
+                            self.progress)
+            for i, row in zip(missing, new):
+                self._cache[int(data.ids[i])] = row
+        if not len(data):
+            return np.zeros((0, self.backbone.embed_dim), dtype=np.float32)
+        return np.stack([self._cache[int(sid)] for sid in data.ids])
+
+    def embed(self, data: LabeledData, desc: str = "embed") -> np.ndarray:
+        """Embeddings with the backbone as it is now (adapters included), not cached."""
+        return embed(self.backbone, data.items, self.batch_size, desc, self.progress)
+
+
+def _take(items, index):
+    return items[np.asarray(index)] if isinstance(items, np.ndarray) else [items[i] for i in index]
+
+
+class Learner(ABC):
+    """A continual learner: learns tasks one at a time, predicts among all classes seen so far.
+
+    Subclasses are registered with ``@LEARNERS.register(name, OptionsModel)`` and built as
+    ``cls(options, backbone=..., seed=...)``. Their state must round-trip through
+    :meth:`state`/:meth:`load_state` as tensors + JSON (no pickle).
+    """
+
+    options_model: ClassVar[type[Options]] = Options
+
+    def __init__(self, options: Options, backbone: Backbone, seed: int = 0):
+        self.options = options
+        self.backbone = backbone
+        self.seed = seed
+        self.num_classes = 0  # classes seen so far (class-order positions 0..num_classes-1)
+        self.tasks_learned = 0
+
+    @abstractmethod
+    def learn_task(self, task: Task, ctx: Context) -> dict[str, Any]:
+        """Learn one task; returns learner-specific extras for the results (may be empty)."""
+
+    @abstractmethod
+    def predict(self, data: LabeledData, ctx: Context) -> Prediction:
+        """Predict class positions (and task ids where the learner infers them)."""
+
+    @abstractmethod
+    def state(self) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+        """Everything needed to predict again: tensors for safetensors, JSON-ready metadata."""
+
+    @abstractmethod
+    def load_state(self, tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> None:
+        """Inverse of :meth:`state`."""
+
+    def parameter_counts(self) -> dict[str, int]:
+        """Trained parameters in the last task and bytes of stored state."""
+        tensors, _ = self.state()
+        return {"trained_per_task": 0,
+                "stored_bytes": int(sum(t.numel() * t.element_size() for t in tensors.values()))}

