@@ -97,10 +97,11 @@ def test_write_report_writes_markdown_and_plots(tmp_path):
     assert "| 0 | 90.00 | 80.00 | 70.00 |" in md
     assert "| 2 |  |  | 95.00 |" in md
     assert "| **all seen** | 90.00 | 82.50 | 75.00 |" in md
-    # timing: cache_s only in task 1, totals per row and overall (10+1 + 12.5+1.5+2 + 11+2 = 40)
+    # timing: cache_s only in task 1; a step's total is train_s + eval_s (finer phases lie inside
+    # train_s): 10+1 + 12.5+1.5 + 11+2 = 38
     assert "| task | train_s | eval_s | cache_s | total_s |" in md
-    assert "| 1 | 12.5 | 1.5 | 2.0 | 16.0 |" in md
-    assert "| **total** | 33.5 | 4.5 | 2.0 | **40.0** |" in md
+    assert "| 1 | 12.5 | 1.5 | 2.0 | 14.0 |" in md
+    assert "| **total** | 33.5 | 4.5 | 2.0 | **38.0** |" in md
     assert "Class order: `2 0 3 1 5 4`" in md
     assert "ship (2), cat (0)" in md
     assert "a\\|b (5)" in md  # a pipe in a class name must not split the table cell
@@ -144,7 +145,7 @@ def test_summary_table_shows_percentages():
     for label in METRIC_LABELS.values():
         assert label in text
     assert "75.00%" in text and "-22.50%" in text and "80.00%" in text
-    assert "40.0 s" in text and "1234 MB" in text
+    assert "38.0 s" in text and "1234 MB" in text
     assert "cifar-demo" in text
 
 

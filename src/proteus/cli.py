@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from .registry import ConfigError
@@ -94,7 +95,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return args.func(args, console)
     except (ConfigError, ValueError, FileNotFoundError, ImportError) as exc:
-        console.print(f"[bold red]error:[/] {exc}", highlight=False)
+        console.print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False)
         return 2
 
 

@@ -98,6 +98,8 @@ def validate(raw: dict[str, Any]) -> RunConfig:
     for key in ("data", "backbone", "learner", "scenario"):
         if key not in raw:
             raise ConfigError(f"missing key '{key}'")
+    if raw.get("eval") is None:
+        raw.pop("eval", None)
     sources = raw["data"] if isinstance(raw["data"], list) else [raw["data"]]
     raw["data"] = [_component(DATASETS, s, f"data.{i}") for i, s in enumerate(sources)]
     raw["backbone"] = _component(BACKBONES, raw["backbone"], "backbone")
@@ -133,7 +135,9 @@ def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]
             if isinstance(node, list):
                 node = node[_index(part, node, where)]
             else:
-                node = node.setdefault(part, {})
+                if node.get(part) is None:  # an empty YAML section reads as null
+                    node[part] = {}
+                node = node[part]
             if not isinstance(node, (dict, list)):
                 raise ConfigError(f"override {text!r}: '{where}' is a value, not a section")
         last = path[-1]

@@ -261,20 +261,27 @@ def _timing_md(timing: list[dict]) -> list[str]:
              "|---|" + "---:|" * (len(columns) + 1)]
     sums = dict.fromkeys(columns, 0.0)
     for entry in timing:
-        row, total = [], 0.0
+        row, total = [], _step_seconds(entry)
         for column in columns:
             value = entry.get(column)
             if _is_number(value):
                 sums[column] += value
-                total += value
                 row.append(_seconds(value))
             else:
                 row.append("")
         lines.append(f"| {entry.get('task', '?')} | " + " | ".join(row)
                      + f" | {_seconds(total)} |")
     lines.append("| **total** | " + " | ".join(_seconds(sums[c]) for c in columns)
-                 + f" | **{_seconds(sum(sums.values()))}** |")
+                 + f" | **{_seconds(sum(_step_seconds(e) for e in timing))}** |")
     return lines
+
+
+def _step_seconds(entry: dict) -> float:
+    """Wall time of one step: train + eval. Learners report finer phases (signature_s, ...)
+    that lie inside train_s, so summing every *_s key would count them twice."""
+    if _is_number(entry.get("train_s")) or _is_number(entry.get("eval_s")):
+        return sum(entry[k] for k in ("train_s", "eval_s") if _is_number(entry.get(k)))
+    return sum(v for k, v in entry.items() if k.endswith("_s") and _is_number(v))
 
 
 def _tasks_md(results: dict) -> list[str]:
@@ -394,7 +401,7 @@ def summary_table(results: dict) -> Table:
     timing = results.get("timing") or []
     columns = _timing_columns(timing)
     if timing:
-        total = sum(e[c] for e in timing for c in columns if _is_number(e.get(c)))
+        total = sum(_step_seconds(e) for e in timing)
         table.add_section()
         table.add_row("total time", f"{_seconds(total)} s")
     memory = results.get("peak_memory_mb")

@@ -95,7 +95,12 @@ def save_model(path: str | Path, *, learner, backbone_config: dict, learner_conf
         if path.exists():
             old = path.with_name(f".{path.name}.old-{os.getpid()}")
             os.replace(path, old)
-        os.replace(tmp, path)
+        try:
+            os.replace(tmp, path)
+        except BaseException:
+            if old is not None:
+                os.replace(old, path)  # put the previous model back where it was
+            raise
         if old is not None:
             shutil.rmtree(old, ignore_errors=True)
     except BaseException:
