@@ -70,7 +70,7 @@ def run(config: RunConfig, console: Console | None = None) -> dict[str, Any]:
                                where="backbone").to(device)
     learner = build_learner(config, backbone)
     ctx = Context(backbone=backbone, seed=config.seed, batch_size=config.eval.batch_size,
-                  progress=config.progress)
+                  progress=config.progress, num_tasks=len(scenario.tasks))
     # a learner that installs adapters tells the context how to switch them off
     if hasattr(learner, "frozen_scope"):
         ctx.frozen_scope = learner.frozen_scope

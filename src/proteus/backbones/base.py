@@ -31,6 +31,8 @@ class Backbone(nn.Module):
     embed_dim: int
     #: regular expressions over ``named_modules()`` names: where low-rank units go by default
     default_targets: list[str] = []
+    #: stages whose pooled outputs a learner may add to frozen features (multi-layer features)
+    default_signature_stages: list[int] = []
 
     def preprocess(self, items: Sequence[Any] | np.ndarray, train: bool = False) -> Any:
         """Raw items (image arrays/paths, or texts) -> model inputs on ``self.device``."""
@@ -39,9 +41,35 @@ class Backbone(nn.Module):
     def forward(self, inputs: Any) -> torch.Tensor:  # pragma: no cover - abstract
         raise NotImplementedError
 
+    def train(self, mode: bool = True) -> "Backbone":
+        """Always eval mode: batch-norm statistics and dropout stay those of the pre-trained
+        network; continual learners adapt it only through low-rank units and heads."""
+        return super().train(False)
+
     @property
     def device(self) -> torch.device:
         return next(self.parameters()).device
+
+    # -- stages: lets a learner cache the frozen part below its first adapted layer -----------
+    def stage_prefixes(self) -> list[str]:
+        """Module-name prefixes of the sequential stages; one stage (the whole net) by default."""
+        return [""]
+
+    def run_stages(self, x: Any, start: int = 0, stop: int | None = None) -> Any:
+        """Run stages ``start..stop-1`` (all from ``start`` when ``stop`` is None)."""
+        if start == 0 and stop is None:
+            return self(x)
+        if start == 0 and stop == 0:
+            return x
+        raise NotImplementedError(f"{type(self).__name__} runs only as a whole")
+
+    def first_stage(self, layer_names: list[str]) -> int:
+        """Index of the first stage that holds one of ``layer_names`` (0 if unknown)."""
+        prefixes = self.stage_prefixes()
+        if len(prefixes) == 1:
+            return 0
+        return min(i for i, p in enumerate(prefixes)
+                   for n in layer_names if n == p or n.startswith(p + "."))
 
     def target_layers(self, patterns: list[str] | None = None) -> dict[str, nn.Module]:
         """Modules whose names fully match one of ``patterns`` (default: ``default_targets``)."""
@@ -67,8 +95,7 @@ def embed(
     progress: bool = True,
 ) -> np.ndarray:
     """Embed ``items`` in batches under inference mode; returns float32 ``N x d``."""
-    was_training = backbone.training
-    backbone.eval()
+    backbone.eval()  # (backbones always stay in eval mode; see Backbone.train)
     out = []
     n = len(items)
     with torch.inference_mode():
@@ -76,7 +103,6 @@ def embed(
                           leave=False, unit="batch"):
             batch = _slice(items, start, start + batch_size)
             out.append(backbone(backbone.preprocess(batch)).float().cpu().numpy())
-    backbone.train(was_training)
     if not out:
         return np.zeros((0, backbone.embed_dim), dtype=np.float32)
     return np.concatenate(out).astype(np.float32, copy=False)
@@ -117,8 +143,12 @@ class ImagePreprocessor:
     def _from_array(items: np.ndarray) -> torch.Tensor:
         if items.dtype != np.uint8:
             raise DataError(f"image arrays must be uint8, got {items.dtype}")
+        if not (items.ndim == 3 or (items.ndim == 4 and items.shape[-1] in (1, 3))):
+            raise DataError("image arrays must be N x H x W (grey) or N x H x W x 3 (RGB), got "
+                            f"shape {items.shape}")
         t = torch.from_numpy(np.ascontiguousarray(items))
         t = t.unsqueeze(1) if t.ndim == 3 else t.permute(0, 3, 1, 2)
+        # arrays are small, already-framed images (MNIST-style): resized whole, no centre crop
         t = t.float() / 255.0
         return t.expand(-1, 3, -1, -1) if t.shape[1] == 1 else t
 
@@ -128,7 +158,7 @@ class ImagePreprocessor:
 
         try:
             with Image.open(path) as im:
-                arr = np.asarray(im.convert("RGB"), dtype=np.uint8)
+                arr = np.array(im.convert("RGB"), dtype=np.uint8)
         except (OSError, UnidentifiedImageError) as exc:
             raise DataError(f"{path}: cannot read image: {exc}") from None
         return torch.from_numpy(arr).permute(2, 0, 1).float() / 255.0

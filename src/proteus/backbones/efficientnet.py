@@ -27,6 +27,7 @@ class EfficientNetLite(Backbone):
 
     modality = "image"
     embed_dim = 1280
+    default_signature_stages = [15, 16]  # outputs of blocks 14 and 15 (stage 0 is the stem)
     default_targets = [r"_blocks\.(8|9|10|11|12|13|14|15)\._(expand|project)_conv"]
 
     def __init__(self, options: EfficientNetLiteOptions):
@@ -48,13 +49,35 @@ class EfficientNetLite(Backbone):
         self.net._dropout = torch.nn.Identity()
         self.transform = ImagePreprocessor(options.image_size)
         self.requires_grad_(False)
+        self.eval()
 
     def preprocess(self, items, train: bool = False, generator=None) -> torch.Tensor:
         return self.transform(items, train=train, generator=generator).to(self.device)
 
     def forward(self, inputs: torch.Tensor) -> torch.Tensor:
-        features = self.net.extract_features(inputs)
-        return features.mean(dim=(2, 3))
+        return self.run_stages(inputs)
+
+    def stage_prefixes(self) -> list[str]:
+        blocks = [f"net._blocks.{i}" for i in range(len(self.net._blocks))]
+        return ["net._conv_stem", *blocks, "net._conv_head"]
+
+    def run_stages(self, x: torch.Tensor, start: int = 0, stop: int | None = None) -> torch.Tensor:
+        """Stem, the 16 blocks, head + pooling, as in ``EfficientNet.extract_features``.
+
+        Drop-connect is omitted: the backbone always runs in eval mode here (frozen BN
+        statistics, as low-rank fine-tuning of a frozen network expects).
+        """
+        n_blocks = len(self.net._blocks)
+        stop = n_blocks + 2 if stop is None else stop
+        net = self.net
+        for stage in range(start, stop):
+            if stage == 0:
+                x = net._swish(net._bn0(net._conv_stem(x)))
+            elif stage <= n_blocks:
+                x = net._blocks[stage - 1](x)
+            else:
+                x = net._swish(net._bn1(net._conv_head(x))).mean(dim=(2, 3))
+        return x
 
     def target_layers(self, patterns=None):
         # named_modules() of the wrapper prefixes "net."; accept patterns written either way

@@ -56,6 +56,7 @@ class HFVision(Backbone):
         self.embed_dim = int(model.config.hidden_size)
         self.transform = ImagePreprocessor(image_size, mean=mean, std=std)
         self.requires_grad_(False)
+        self.eval()
 
     def preprocess(self, items, train: bool = False, generator=None) -> torch.Tensor:
         return self.transform(items, train=train, generator=generator).to(self.device)
@@ -83,6 +84,7 @@ class HFText(Backbone):
         self.pooling = options.pooling
         self.embed_dim = int(self.model.config.hidden_size)
         self.requires_grad_(False)
+        self.eval()
 
     def preprocess(self, items, train: bool = False, generator=None) -> dict[str, torch.Tensor]:
         enc = self.tokenizer(list(items), padding=True, truncation=True,

@@ -36,10 +36,13 @@ class Context:
     seed: int = 0
     batch_size: int = 256
     progress: bool = True
+    num_tasks: int | None = None  # length of the task sequence, when the engine knows it
     #: entered around frozen-feature extraction; a learner with adapters installs one that
     #: switches them off, so cached features are the pre-trained backbone's
     frozen_scope: Callable[[], ContextManager] = contextlib.nullcontext
     _cache: dict[int, np.ndarray] = field(default_factory=dict, repr=False)
+    #: other per-run caches a learner keeps (keyed by sample id, which is unique within a run)
+    caches: dict[str, dict] = field(default_factory=dict, repr=False)
 
     def features(self, data: LabeledData, desc: str = "embed (frozen)") -> np.ndarray:
         missing = [i for i, sid in enumerate(data.ids.tolist()) if sid not in self._cache]

@@ -1,0 +1,162 @@
+"""Run learner variants x offline presets x seeds and write the comparison table.
+
+    python benchmarks/results.py --presets vision --variants proteus simplecil --seeds 1993 1994 1995
+
+Every run is a normal ``proteus run`` (its directory lands in runs/bench/...). Summaries are kept in
+docs/results.json, merged with earlier invocations, so presets can be run separately; the markdown
+table docs/results.md and the plot docs/results-<preset>.png are rebuilt from all of them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+import matplotlib  # noqa: E402
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+from rich.console import Console  # noqa: E402
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "src"))
+
+import proteus  # noqa: E402
+from proteus.metrics import mean_std  # noqa: E402
+from proteus.storage import write_json_atomic, write_text_atomic  # noqa: E402
+
+PRESETS = {
+    "vision": ROOT / "configs/offline/vision-fmnist-mnist.yaml",
+    "text": ROOT / "configs/offline/text-wordnet.yaml",
+}
+# variant -> config overrides applied on top of the preset (whose learner is `proteus`)
+VARIANTS = {
+    "proteus": [],
+    "proteus-paper": ["learner.name=proteus-paper"],
+    "proteus (oracle task id)": ["learner.retrieval=oracle"],
+    "simplecil": ["learner={name: simplecil}"],
+    "proteus, alpha=0": ["learner.alpha=0"],
+    "proteus, no orthogonality": ["learner.lambda_orth=0"],
+    "proteus, k-means signatures": ["learner.signature.kind=kmeans",
+                                    "learner.signature_stages=[]"],
+    "proteus, adapted-space signatures": ["learner.signature_space=adapted",
+                                          "learner.signature_stages=[]"],
+    "proteus, frozen-space DP-GMM (paper signature)": [
+        "learner.signature={kind: dpgmm, covariance: full, l2_normalize: false}",
+        "learner.signature_stages=[]"],
+    "proteus, no retrieval (last task's backbone)": ["learner.retrieval=none"],
+}
+COLUMNS = [("final_accuracy", "final accuracy"),
+           ("average_incremental_accuracy", "avg. incremental acc."),
+           ("average_forgetting", "avg. forgetting"),
+           ("task_retrieval_accuracy", "task retrieval"),
+           ("certified_fraction", "certified fraction"),
+           ("wall_s", "wall time (s)"),
+           ("signature_bytes_per_task", "signature bytes / task")]
+PERCENT = {"final_accuracy", "average_incremental_accuracy", "average_forgetting",
+           "task_retrieval_accuracy", "certified_fraction"}
+
+
+def summarise(results: dict, wall_s: float) -> dict:
+    out = dict(results["metrics"])
+    per_task = (results.get("extras") or {}).get("per_task") or []
+    certs = [e["certificate"]["certified_fraction"] for e in per_task if "certificate" in e]
+    out["certified_fraction"] = certs[-1] if certs else None
+    sig = [e["signature_bytes"] for e in per_task if "signature_bytes" in e]
+    out["signature_bytes_per_task"] = float(np.mean(sig)) if sig else None
+    out["wall_s"] = wall_s
+    out["accuracy_seen"] = results["accuracy_seen"]
+    return out
+
+
+def fmt(key: str, stat: dict) -> str:
+    if stat["mean"] is None:
+        return "—"
+    if key in PERCENT:
+        text = f"{100 * stat['mean']:.2f}"
+        return text + (f" ± {100 * stat['std']:.2f}" if stat["n"] > 1 else "")
+    if key == "signature_bytes_per_task":
+        return f"{stat['mean'] / 1e6:.2f} MB"
+    return f"{stat['mean']:.0f}" + (f" ± {stat['std']:.0f}" if stat["n"] > 1 else "")
+
+
+def render(store: dict, out_md: Path) -> None:
+    lines = ["# Results on the offline presets", "",
+             "Written by `benchmarks/results.py` from `docs/results.json`; rerun with the command "
+             "at the end of each section. Mean ± std over the seeds listed (population std); "
+             "accuracies in percent; wall time of the whole run on a 2-core CPU machine.", ""]
+    for preset, variants in store.items():
+        lines += [f"## {preset}: `{PRESETS[preset].relative_to(ROOT)}`", "",
+                  "| variant | seeds | " + " | ".join(label for _, label in COLUMNS) + " |",
+                  "|---|---|" + "---:|" * len(COLUMNS)]
+        fig, ax = plt.subplots(figsize=(7, 4.5))
+        for variant, runs in variants.items():
+            seeds = sorted(runs)
+            stats = mean_std([{k: v for k, v in runs[s].items() if k != "accuracy_seen"}
+                              for s in seeds])
+            cells = [fmt(key, stats.get(key, {"mean": None, "std": None, "n": 0}))
+                     for key, _ in COLUMNS]
+            lines.append(f"| {variant} | {', '.join(seeds)} | " + " | ".join(cells) + " |")
+            curve = np.mean([runs[s]["accuracy_seen"] for s in seeds], axis=0)
+            ax.plot(range(1, len(curve) + 1), 100 * curve, marker="o", label=variant)
+        ax.set_xlabel("tasks learned")
+        ax.set_ylabel("accuracy on all seen classes (%)")
+        ax.set_title(f"{preset} preset (mean over seeds)")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+        fig.tight_layout()
+        plot = out_md.parent / f"results-{preset}.png"
+        fig.savefig(plot, dpi=110)
+        plt.close(fig)
+        cmd_variants = " ".join(f"'{v}'" for v in variants)
+        lines += ["", f"![accuracy after each task]({plot.name})", "",
+                  f"Regenerate: `python benchmarks/results.py --presets {preset} --variants "
+                  f"{cmd_variants} --seeds <seeds>`", ""]
+    write_text_atomic(out_md, "\n".join(lines) + "\n")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--presets", nargs="+", choices=sorted(PRESETS), default=["vision"])
+    parser.add_argument("--variants", nargs="+", default=list(VARIANTS),
+                        help=f"any of: {'; '.join(VARIANTS)}")
+    parser.add_argument("--seeds", nargs="+", type=int, default=[1993, 1994, 1995])
+    parser.add_argument("--store", type=Path, default=ROOT / "docs/results.json")
+    parser.add_argument("--out", type=Path, default=ROOT / "docs/results.md")
+    parser.add_argument("--runs-dir", default="runs/bench")
+    args = parser.parse_args(argv)
+    unknown = [v for v in args.variants if v not in VARIANTS]
+    if unknown:
+        parser.error(f"unknown variants {unknown}; valid: {list(VARIANTS)}")
+    console = Console(stderr=True)
+    store = json.loads(args.store.read_text()) if args.store.exists() else {}
+    for preset in args.presets:
+        for variant in args.variants:
+            for seed in args.seeds:
+                slug = variant.replace(" ", "").replace(",", "_").replace("(", "").replace(")", "")
+                overrides = VARIANTS[variant] + [f"seed={seed}", "progress=false",
+                                                 f"output_dir={args.runs_dir}/{preset}",
+                                                 f"name={slug}-s{seed}"]
+                config = proteus.load_config(PRESETS[preset], overrides)
+                console.rule(f"{preset} · {variant} · seed {seed}")
+                t0 = time.perf_counter()
+                results = proteus.run(config, console=console)
+                summary = summarise(results, time.perf_counter() - t0)
+                store.setdefault(preset, {}).setdefault(variant, {})[str(seed)] = summary
+                write_json_atomic(args.store, store)
+                render(store, args.out)
+    render(store, args.out)
+    console.print(f"wrote {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,96 @@
+"""Analytic heads: a random-projection ridge classifier with streaming statistics (RanPAC-style).
+
+METHOD.md section 5 / McDonnell et al. (NeurIPS 2023): phi(h) = ReLU(h W_rand), W_rand ~ N(0,1)
+fixed; G += Phi^T Phi and Q += Phi^T Y accumulate over tasks; W_out = (G + lambda I)^-1 Q with
+lambda chosen per task by validation MSE on an 80/20 split of the current task's data. Written by
+hand because it is the method itself: scikit-learn's Ridge cannot stream Gram statistics across
+tasks or reuse one eigendecomposition for the whole lambda grid.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+DEFAULT_LAMBDAS = [10.0 ** e for e in range(-8, 9)]
+
+
+class RidgeHead:
+    def __init__(self, in_dim: int, proj_dim: int = 10000, seed: int = 0,
+                 lambdas: list[float] | None = None, val_fraction: float = 0.2):
+        self.in_dim, self.proj_dim = in_dim, proj_dim
+        self.lambdas = list(lambdas or DEFAULT_LAMBDAS)
+        self.val_fraction = val_fraction
+        self.seed = seed
+        gen = torch.Generator().manual_seed(seed)
+        # proj_dim 0: ridge directly on the embeddings (no projection, no ReLU)
+        self.W_rand = (torch.randn(in_dim, proj_dim, generator=gen, dtype=torch.float64)
+                       if proj_dim else None)
+        dim = proj_dim or in_dim
+        self.G = torch.zeros(dim, dim, dtype=torch.float64)
+        self.Q = torch.zeros(dim, 0, dtype=torch.float64)
+        self.W_out = torch.zeros(dim, 0, dtype=torch.float64)
+        self.lam = float("nan")
+        self.lambda_history: list[float] = []
+
+    @property
+    def num_classes(self) -> int:
+        return self.Q.shape[1]
+
+    def features(self, h: np.ndarray | torch.Tensor) -> torch.Tensor:
+        h = torch.as_tensor(np.asarray(h), dtype=torch.float64)
+        return torch.relu(h @ self.W_rand) if self.W_rand is not None else h
+
+    def _targets(self, labels: np.ndarray, num_classes: int) -> torch.Tensor:
+        y = torch.zeros(len(labels), num_classes, dtype=torch.float64)
+        y[torch.arange(len(labels)), torch.as_tensor(labels, dtype=torch.long)] = 1.0
+        return y
+
+    def update(self, h: np.ndarray, labels: np.ndarray, num_classes: int) -> float:
+        """Add one task's data (embedded by that task's backbone); returns the chosen lambda."""
+        if num_classes > self.num_classes:
+            pad = num_classes - self.num_classes
+            self.Q = torch.cat([self.Q, self.Q.new_zeros(self.Q.shape[0], pad)], dim=1)
+        phi = self.features(h)
+        y = self._targets(labels, num_classes)
+        self.lam = self._select_lambda(phi, y)
+        self.lambda_history.append(self.lam)
+        self.G += phi.T @ phi
+        self.Q += phi.T @ y
+        self.W_out = self.solve(self.lam)
+        return self.lam
+
+    def _select_lambda(self, phi: torch.Tensor, y: torch.Tensor) -> float:
+        if len(self.lambdas) == 1 or len(phi) < 5:
+            return self.lambdas[0] if len(self.lambdas) == 1 else 1.0
+        rng = np.random.default_rng([self.seed, len(self.lambda_history)])
+        order = rng.permutation(len(phi))
+        n_val = max(1, int(round(self.val_fraction * len(phi))))
+        val, tr = order[:n_val], order[n_val:]
+        G = self.G + phi[tr].T @ phi[tr]
+        Q = self.Q + phi[tr].T @ y[tr]
+        evals, evecs = torch.linalg.eigh(G)  # one decomposition serves the whole grid
+        VtQ = evecs.T @ Q
+        PV = phi[val] @ evecs
+        errors = [float(((PV @ (VtQ / (evals + lam).unsqueeze(1)) - y[val]) ** 2).mean())
+                  for lam in self.lambdas]
+        return self.lambdas[int(np.argmin(errors))]
+
+    def solve(self, lam: float) -> torch.Tensor:
+        eye = torch.eye(self.G.shape[0], dtype=torch.float64)
+        return torch.linalg.solve(self.G + lam * eye, self.Q)
+
+    def logits(self, h: np.ndarray) -> np.ndarray:
+        return (self.features(h) @ self.W_out).numpy()
+
+    def state(self, prefix: str = "head.") -> tuple[dict[str, torch.Tensor], dict]:
+        # W_rand is not stored: it is redrawn from the seed. G stays, so a loaded model can go on
+        # learning tasks.
+        tensors = {f"{prefix}G": self.G, f"{prefix}Q": self.Q, f"{prefix}W_out": self.W_out}
+        return tensors, {"lambda": self.lam, "lambda_history": self.lambda_history}
+
+    def load_state(self, tensors: dict[str, torch.Tensor], meta: dict, prefix: str = "head.") -> None:
+        self.G, self.Q = tensors[f"{prefix}G"], tensors[f"{prefix}Q"]
+        self.W_out = tensors[f"{prefix}W_out"]
+        self.lam = float(meta["lambda"])
+        self.lambda_history = list(meta["lambda_history"])

@@ -1,0 +1,327 @@
+"""PROTEUS: composed low-rank units, Gaussian task signatures, likelihood retrieval, analytic head.
+
+Le, Bui, Hoang, Hoang, "Continual Fine-Tuning with Provably Accurate and Parameter-Free Task
+Retrieval" (arXiv 2603.13235); the reconstruction and its sources are in docs METHOD.md.
+
+For each task k (algorithm box):
+  1. train task k's low-rank update: alpha * (learned weights over the frozen pool of earlier
+     units) + r new units, with CE on the task's classes (temporary head), + lambda_reg R(w) +
+     lambda_orth ||A_pool A_new^T||^2                                      (section 2)
+  2. freeze it: w_k stored, the new units join the pool; h_k never changes again
+  3. fit task k's signature on its training embeddings                      (section 3)
+  4. add task k's data, embedded by h_k, to the random-projection ridge head (section 5)
+  5. certificate of retrieval over all tasks so far                         (section 6)
+Predict: retrieve k* per sample by likelihood (section 4), embed with h_{k*}, ridge logits over
+every class seen.
+
+Every ablation of section 8 is an option: ``alpha`` 0 (no transfer), ``lambda_orth`` 0,
+``lambda_reg`` 0, ``targets`` (fewer blocks), ``signature.kind``, ``signature_space``
+frozen/adapted, ``retrieval`` sample/batch/oracle/none.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from typing import Any, Literal
+
+import numpy as np
+import torch
+from pydantic import Field
+from torch import nn
+
+from ..data.base import LabeledData
+from ..data.scenario import Task
+from ..heads import RidgeHead
+from ..lora import LowRankPool
+from ..registry import Options
+from ..signatures import SignatureOptions, TaskSignatures, certificate, retrieve
+from .base import LEARNERS, Context, Learner, Prediction
+
+
+class ProteusOptions(Options):
+    # low-rank units (sections 1-2)
+    targets: list[str] | None = None  # regexes over layer names; None = the backbone's default
+    rank: int = Field(4, gt=0)
+    alpha: float = Field(0.3, ge=0)  # 0 = the "without pooling" ablation
+    scale: float = 0.1  # the authors' code scales the whole update by 0.1
+    init_std: float = 0.01
+    lambda_orth: float = Field(0.004, ge=0)
+    lambda_reg: float = Field(0.006, ge=0)
+    train_adapters: bool = True  # False: frozen backbone for every task
+    # training
+    epochs: int = Field(5, ge=0)
+    batch_size: int = Field(32, gt=0)
+    lr: float = Field(1e-3, gt=0)
+    grad_clip: float = 1.0
+    augment: bool = False  # RandomResizedCrop + flip; off caches the frozen stages below the units
+    # signatures and retrieval (sections 3-4)
+    signature: SignatureOptions = Field(default_factory=SignatureOptions)
+    signature_space: Literal["frozen", "adapted"] = "frozen"
+    # frozen space only: also pool the outputs of these backbone stages and concatenate them,
+    # each L2-normalised, with the embedding; None = the backbone's default (EfficientNet: its
+    # last two blocks; METHOD.md section 9 measured +2.7 points retrieval from this)
+    signature_stages: list[int] | None = None
+    retrieval: Literal["sample", "batch", "oracle", "none"] = "sample"
+    retrieval_batch: int = Field(64, gt=0)  # batch size for retrieval "batch"
+    # head (section 5)
+    proj_dim: int = Field(10000, ge=0)
+    restrict_to_task: bool = False  # logits only over the retrieved task's classes
+    certificate: Literal["every_task", "final", "off"] = "every_task"
+
+
+@LEARNERS.register("proteus", ProteusOptions,
+                   "PROTEUS: composed low-rank units + Gaussian signatures + ridge head")
+class Proteus(Learner):
+    options_model = ProteusOptions
+
+    def __init__(self, options: ProteusOptions, backbone, seed: int = 0):
+        super().__init__(options, backbone, seed)
+        o = options
+        self.pool = (LowRankPool(backbone, o.targets, o.rank, o.alpha, o.scale, o.init_std)
+                     if o.train_adapters else None)
+        # stages below the first adapted layer are frozen: their output can be computed once
+        self.start = (backbone.first_stage(list(self.pool.layers)) if self.pool and not o.augment
+                      else 0)
+        self.signatures = TaskSignatures(o.signature, seed)
+        self.head = RidgeHead(backbone.embed_dim, o.proj_dim, seed)
+        self.class_task = np.zeros(0, dtype=np.int64)  # task of each class position
+        self.task_classes: list[list[int]] = []
+
+    def frozen_scope(self) -> contextlib.AbstractContextManager:
+        return self.pool.disabled() if self.pool else contextlib.nullcontext()
+
+    # -- embedding helpers ---------------------------------------------------------------
+    def _batches(self, n: int, size: int):
+        return (slice(i, min(i + size, n)) for i in range(0, n, size))
+
+    def _prefix(self, items, size: int) -> torch.Tensor | None:
+        """Output of the frozen stages below the first adapted layer (None when there are none)."""
+        if self.start == 0:
+            return None
+        with torch.inference_mode(), self.frozen_scope():
+            return torch.cat([self.backbone.run_stages(self.backbone.preprocess(items[b]), 0,
+                                                       self.start)
+                              for b in self._batches(len(items), size)])
+
+    def _embed(self, items, task: int | None, size: int, prefix: torch.Tensor | None = None,
+               index: np.ndarray | None = None) -> np.ndarray:
+        """Embeddings by task ``task``'s backbone h_task (None: the frozen backbone)."""
+        index = np.arange(len(items)) if index is None else index
+        out = []
+        scope = self.pool.using(task) if self.pool else contextlib.nullcontext()
+        with torch.inference_mode(), scope:
+            for b in self._batches(len(index), size):
+                rows = index[b]
+                if prefix is not None:
+                    x = prefix[torch.as_tensor(rows)]
+                    out.append(self.backbone.run_stages(x, self.start))
+                else:
+                    batch = (items[rows] if isinstance(items, np.ndarray)
+                             else [items[i] for i in rows])
+                    out.append(self.backbone(self.backbone.preprocess(batch)))
+        if not out:
+            return np.zeros((0, self.backbone.embed_dim), dtype=np.float32)
+        return torch.cat(out).float().cpu().numpy()
+
+    def _signature_features(self, data: LabeledData, ctx: Context) -> np.ndarray:
+        """Frozen features for the signatures: the embedding, plus pooled stage outputs."""
+        stages = self.options.signature_stages
+        if stages is None:
+            stages = self.backbone.default_signature_stages
+        if not stages:
+            return ctx.features(data)
+        cache = ctx.caches.setdefault("signature_features", {})  # by sample id, per run
+        missing = [i for i, sid in enumerate(data.ids.tolist()) if sid not in cache]
+        if missing:
+            index = np.asarray(missing)
+            n_stages = len(self.backbone.stage_prefixes())
+            with torch.inference_mode(), self.frozen_scope():
+                for b in self._batches(len(index), ctx.batch_size):
+                    rows = index[b]
+                    items = (data.items[rows] if isinstance(data.items, np.ndarray)
+                             else [data.items[i] for i in rows])
+                    x, parts = self.backbone.preprocess(items), []
+                    for stage in range(n_stages):
+                        x = self.backbone.run_stages(x, stage, stage + 1)
+                        if stage in stages:
+                            parts.append(_pool(x))
+                    parts.append(x)
+                    feats = torch.cat([nn.functional.normalize(p.float(), dim=1) for p in parts], 1)
+                    for i, row in zip(rows, feats.cpu().numpy()):
+                        cache[int(data.ids[i])] = row
+        return np.stack([cache[int(sid)] for sid in data.ids])
+
+    # -- learning ------------------------------------------------------------------------
+    def learn_task(self, task: Task, ctx: Context) -> dict[str, Any]:
+        o, timing = self.options, {}
+        k = self.tasks_learned
+        items = task.train.items
+        t0 = time.perf_counter()
+        prefix = self._prefix(items, ctx.batch_size)
+        if self.pool is not None:
+            self._train_units(task, prefix, ctx)
+        timing["train_units_s"] = time.perf_counter() - t0
+
+        self.task_classes.append(list(task.classes))
+        top = max(task.classes) + 1
+        grown = np.zeros(top, dtype=np.int64)
+        grown[: len(self.class_task)] = self.class_task
+        grown[task.classes] = k
+        self.class_task = grown
+        self.num_classes = top
+        self.tasks_learned += 1
+
+        t0 = time.perf_counter()
+        adapted = self._embed(items, k if self.pool else None, ctx.batch_size, prefix)
+        if o.signature_space == "frozen":
+            sig_x = self._signature_features(task.train, ctx)
+        else:
+            sig_x = adapted
+        self.signatures.add_task(sig_x, task.train.labels)
+        timing["signature_s"] = time.perf_counter() - t0
+
+        t0 = time.perf_counter()
+        lam = self.head.update(adapted, task.train.labels, self.num_classes)
+        timing["head_s"] = time.perf_counter() - t0
+
+        extras: dict[str, Any] = {"timing": timing, "ridge_lambda": lam,
+                                  "signature_bytes": self.signatures.nbytes(k),
+                                  "signature_components": int(len(self.signatures.tasks[k].means))}
+        last = ctx.num_tasks is not None and k == ctx.num_tasks - 1
+        if o.certificate == "every_task" or (o.certificate == "final" and last):
+            t0 = time.perf_counter()
+            cert = certificate(self.signatures)
+            timing["certificate_s"] = time.perf_counter() - t0
+            extras["certificate"] = {"certified_fraction": cert["certified_fraction"],
+                                     "delta": [c["delta"] for c in cert["clusters"]],
+                                     "cluster_task": [c["task"] for c in cert["clusters"]],
+                                     "status": [c["status"] for c in cert["clusters"]],
+                                     **({"note": cert["note"]} if "note" in cert else {})}
+        return extras
+
+    def _train_units(self, task: Task, prefix: torch.Tensor | None, ctx: Context) -> None:
+        o = self.options
+        k = self.tasks_learned
+        params = self.pool.begin_task(self.seed * 1000 + k)
+        classes = np.asarray(task.classes)
+        local = torch.as_tensor(np.searchsorted(classes, task.train.labels))
+        gen = torch.Generator().manual_seed(self.seed * 1000 + k)
+        temp_head = nn.Linear(self.backbone.embed_dim, len(classes)).to(self.backbone.device)
+        optimiser = torch.optim.Adam([*params, *temp_head.parameters()], lr=o.lr)
+        items = task.train.items
+        n = len(local)
+        has_pool = self.pool.num_tasks > 0
+        for _ in range(o.epochs):
+            order = torch.randperm(n, generator=gen)
+            for b in self._batches(n, o.batch_size):
+                rows = order[b]
+                if prefix is not None:
+                    x = prefix[rows].clone()
+                else:
+                    batch = (items[rows.numpy()] if isinstance(items, np.ndarray)
+                             else [items[i] for i in rows.tolist()])
+                    x = self.backbone.preprocess(batch, train=o.augment, generator=gen)
+                feats = self.backbone.run_stages(x, self.start)
+                loss = nn.functional.cross_entropy(temp_head(feats), local[rows].to(feats.device))
+                if o.lambda_orth and has_pool:
+                    loss = loss + o.lambda_orth * self.pool.orthogonality()
+                if o.lambda_reg and has_pool:
+                    loss = loss + o.lambda_reg * self.pool.transfer_penalty()
+                optimiser.zero_grad(set_to_none=True)
+                loss.backward()
+                if o.grad_clip:
+                    torch.nn.utils.clip_grad_norm_(params, o.grad_clip)
+                optimiser.step()
+        self.pool.end_task()  # the temporary head is discarded (section 5)
+
+    # -- prediction ----------------------------------------------------------------------
+    def infer_tasks(self, data: LabeledData, ctx: Context,
+                    prefix: torch.Tensor | None = None) -> np.ndarray:
+        o, n_tasks = self.options, self.tasks_learned
+        if o.retrieval == "oracle":
+            return self.class_task[data.labels]
+        if o.retrieval == "none":
+            return np.full(len(data), n_tasks - 1)
+        if o.signature_space == "frozen":
+            scores = self.signatures.scores(self._signature_features(data, ctx))
+        else:
+            scores = np.stack([self.signatures.task_scores(
+                self._embed(data.items, k, ctx.batch_size, prefix), k) for k in range(n_tasks)], 1)
+        if o.retrieval == "batch":
+            return np.concatenate([retrieve(scores[b], "batch")
+                                   for b in self._batches(len(data), o.retrieval_batch)])
+        return retrieve(scores, "sample")
+
+    def predict(self, data: LabeledData, ctx: Context) -> Prediction:
+        prefix = self._prefix(data.items, ctx.batch_size)
+        tasks = self.infer_tasks(data, ctx, prefix)
+        classes = np.zeros(len(data), dtype=np.int64)
+        for k in np.unique(tasks):
+            rows = np.flatnonzero(tasks == k)
+            h = self._embed(data.items, int(k) if self.pool else None, ctx.batch_size, prefix, rows)
+            logits = self.head.logits(h)
+            if self.options.restrict_to_task:
+                mask = np.full(logits.shape[1], -np.inf)
+                mask[self.task_classes[k]] = 0.0
+                logits = logits + mask
+            classes[rows] = logits.argmax(1)
+        return Prediction(classes=classes, tasks=tasks)
+
+    # -- state ---------------------------------------------------------------------------
+    def state(self):
+        tensors, meta = {}, {"tasks_learned": self.tasks_learned, "num_classes": self.num_classes,
+                             "task_classes": self.task_classes}
+        parts = [("signatures", self.signatures), ("head", self.head)]
+        if self.pool is not None:
+            parts.append(("lora", self.pool))
+        for name, part in parts:
+            t, m = part.state()
+            tensors.update(t)
+            meta[name] = m
+        return tensors, meta
+
+    def load_state(self, tensors, meta) -> None:
+        self.tasks_learned = int(meta["tasks_learned"])
+        self.num_classes = int(meta["num_classes"])
+        self.task_classes = [list(c) for c in meta["task_classes"]]
+        self.class_task = np.zeros(self.num_classes, dtype=np.int64)
+        for k, cls in enumerate(self.task_classes):
+            self.class_task[cls] = k
+        self.signatures.load_state(tensors, meta["signatures"])
+        self.head.load_state(tensors, meta["head"])
+        if self.pool is not None:
+            self.pool.load_state(tensors, meta["lora"])
+
+    def parameter_counts(self) -> dict[str, int]:
+        counts = super().parameter_counts()
+        if self.pool is not None:
+            counts["trained_per_task"] = self.pool.trained_parameters_per_task()
+        return counts
+
+
+def _pool(x: torch.Tensor) -> torch.Tensor:
+    """Stage output -> one vector per sample: spatial mean (CNN) or first token (transformer)."""
+    if x.ndim == 4:
+        return x.mean(dim=(2, 3))
+    if x.ndim == 3:
+        return x[:, 0]
+    return x
+
+
+class ProteusPaperOptions(ProteusOptions):
+    """The recipe as METHOD.md states it: DP-GMM signatures with full covariances on each task's
+    *adapted* embeddings, no normalisation, M = 10,000 random features."""
+
+    signature: SignatureOptions = Field(default_factory=lambda: SignatureOptions(
+        kind="dpgmm", covariance="full", n_components=20, concentration=0.1, reg_covar=1e-4,
+        l2_normalize=False))
+    signature_space: Literal["frozen", "adapted"] = "adapted"
+    signature_stages: list[int] | None = Field(default_factory=list)
+    certificate: Literal["every_task", "final", "off"] = "final"
+
+
+@LEARNERS.register("proteus-paper", ProteusPaperOptions,
+                   "PROTEUS as the paper states it (adapted-space DP-GMM signatures)")
+class ProteusPaper(Proteus):
+    options_model = ProteusPaperOptions

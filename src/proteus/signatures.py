@@ -1,0 +1,358 @@
+"""Task signatures, likelihood retrieval and the retrieval certificate (METHOD.md sections 3, 4, 6).
+
+A task's signature is a set of Gaussian components in some embedding space;
+score_k(x) = max_s log N(x; mu_ks, Sigma_ks) and the retrieved task is argmax_k score_k(x), per
+sample. Kinds:
+
+* ``dpgmm``  — variational Dirichlet-process Gaussian mixture (scikit-learn's
+  BayesianGaussianMixture), the paper's recipe; covariances ``full``, ``diag`` or ``lowrank``
+  (per-task PCA to ``pca_dim`` + isotropic residual on the discarded directions, i.e.
+  probabilistic PCA, which keeps likelihoods of different tasks comparable: METHOD.md section 9c);
+* ``kmeans`` — centroids with unit covariance (the reviewers' ablation; S-Prompts' retrieval);
+* ``gaussian`` — one Gaussian per task, Ledoit-Wolf shrinkage covariance;
+* ``class-gaussian`` — one Gaussian per class with a covariance shared by all classes and
+  accumulated across tasks (shrinkage LDA); a task scores as its best class. Only statistics are
+  kept, no learned parameters: nothing to forget (METHOD.md section 9).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Literal
+
+import numpy as np
+import torch
+from sklearn.cluster import KMeans
+from sklearn.covariance import ledoit_wolf_shrinkage
+from sklearn.mixture import BayesianGaussianMixture
+
+from .registry import Options
+
+LOG_2PI = math.log(2 * math.pi)
+
+
+class SignatureOptions(Options):
+    kind: Literal["class-gaussian", "dpgmm", "kmeans", "gaussian"] = "class-gaussian"
+    covariance: Literal["full", "diag", "lowrank"] = "full"
+    n_components: int = 20  # dpgmm upper bound; kmeans uses kmeans_k
+    concentration: float = 0.1  # Dirichlet-process weight concentration prior
+    reg_covar: float = 1e-4  # added to every covariance's diagonal (section 4)
+    pca_dim: int = 64  # for covariance "lowrank"
+    kmeans_k: int = 5
+    l2_normalize: bool = True  # makes reg_covar scale-free (METHOD.md section 9b)
+    max_iter: int = 200
+
+
+@dataclass
+class Components:
+    """Gaussians of one task: means (K,d) and a covariance model, optionally after a projection."""
+
+    means: np.ndarray
+    kind: str  # "full" (prec_chol), "diag" (var), "iso" (unit variance), "shared"
+    prec_chol: np.ndarray | None = None  # (K,d,d): Sigma^-1 = L L^T
+    var: np.ndarray | None = None  # (K,d)
+    logdet: np.ndarray = field(default=None)  # (K,) log det Sigma
+    # probabilistic-PCA projection: x -> basis^T (x - center), residual variance on the rest
+    center: np.ndarray | None = None
+    basis: np.ndarray | None = None  # (d, k)
+    resid_var: float | None = None
+    classes: np.ndarray | None = None  # for class-gaussian: the class of each component
+    # per-component empirical moments of the points assigned to it (for the certificate)
+    point_mean: np.ndarray | None = None
+    point_cov: np.ndarray | None = None
+    _prec: list | None = field(default=None, repr=False)  # cached precision matrices
+
+    @property
+    def dim(self) -> int:
+        return self.means.shape[1] if self.basis is None else self.basis.shape[0]
+
+    def nbytes(self) -> int:
+        arrays = (self.means, self.prec_chol, self.var, self.logdet, self.center, self.basis)
+        return int(sum(a.nbytes for a in arrays if a is not None))
+
+    def log_likelihood(self, x: np.ndarray,
+                       shared: tuple[np.ndarray, float] | None = None) -> np.ndarray:
+        """(N, K) log N(x; mu_s, Sigma_s + reg I); ``shared`` = (precision Cholesky, log det)
+        of the covariance that "shared" components use."""
+        resid = 0.0
+        if self.basis is not None:
+            xc = x - self.center
+            z = xc @ self.basis
+            rest = (xc ** 2).sum(1) - (z ** 2).sum(1)
+            d_rest = self.center.shape[0] - self.basis.shape[1]
+            resid = -0.5 * (rest / self.resid_var + d_rest * (math.log(self.resid_var) + LOG_2PI))
+            x = z
+        d = x.shape[1]
+        if self.kind == "iso":
+            maha = _sq_dist(x, self.means)
+        elif self.kind == "diag":
+            maha = np.stack([(((x - m) ** 2) / v).sum(1) for m, v in zip(self.means, self.var)], 1)
+        elif self.kind == "shared":
+            # one covariance for all components: whiten once, then plain squared distances
+            L = shared[0]
+            maha = _sq_dist(x @ L, self.means @ L)
+        else:
+            maha = np.empty((len(x), len(self.means)))
+            t = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float64))
+            for s, m in enumerate(self.means):
+                L = torch.from_numpy(self.prec_chol[s])
+                maha[:, s] = ((t - torch.from_numpy(m)) @ L).pow(2).sum(1).numpy()
+        if self.kind == "shared":
+            logdet = shared[1]
+        else:
+            logdet = 0.0 if self.logdet is None else self.logdet[None, :]
+        return -0.5 * (maha + logdet + d * LOG_2PI) + np.asarray(resid).reshape(-1, 1)
+
+
+def _sq_dist(x: np.ndarray, c: np.ndarray) -> np.ndarray:
+    return (x ** 2).sum(1)[:, None] - 2 * x @ c.T + (c ** 2).sum(1)[None, :]
+
+
+def _chol_precision(cov: np.ndarray) -> tuple[np.ndarray, float]:
+    """Lower Cholesky factor L of Sigma^-1 (Sigma^-1 = L L^T) and log det Sigma."""
+    c = np.linalg.cholesky(cov)
+    inv = np.linalg.solve(c, np.eye(len(cov))).T  # L = C^-T
+    return inv, 2.0 * float(np.log(np.diag(c)).sum())
+
+
+def _moments(x: np.ndarray, assign: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    means = np.stack([x[assign == s].mean(0) for s in range(k)])
+    covs = np.stack([np.cov(x[assign == s].T, bias=True).reshape(x.shape[1], x.shape[1])
+                     for s in range(k)]).astype(np.float32)  # d x d per cluster: keep it small
+    return means, covs
+
+
+class TaskSignatures:
+    """Signatures of every task learned so far, in one embedding space, and retrieval."""
+
+    def __init__(self, options: SignatureOptions, seed: int = 0):
+        self.o = options
+        self.seed = seed
+        self.tasks: list[Components] = []
+        # class-gaussian: within-class scatter summed over tasks, and sample count
+        self.scatter: np.ndarray | None = None
+        self.count = 0
+        self.shrinkage_sum = 0.0
+        self._shared: tuple[np.ndarray, float] | None = None
+        self._shared_prec: np.ndarray | None = None
+
+    def prepare(self, x: np.ndarray) -> np.ndarray:
+        x = np.asarray(x, dtype=np.float64)
+        if self.o.l2_normalize:
+            x = x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
+        return x
+
+    # -- fitting -------------------------------------------------------------------------
+    def add_task(self, embeddings: np.ndarray, labels: np.ndarray) -> Components:
+        x = self.prepare(embeddings)
+        fit = {"class-gaussian": self._fit_class_gaussian, "dpgmm": self._fit_dpgmm,
+               "kmeans": self._fit_kmeans, "gaussian": self._fit_gaussian}[self.o.kind]
+        comp = fit(x, np.asarray(labels))
+        self.tasks.append(comp)
+        return comp
+
+    def _fit_class_gaussian(self, x: np.ndarray, labels: np.ndarray) -> Components:
+        classes = np.unique(labels)
+        assign = np.searchsorted(classes, labels)
+        means, covs = _moments(x, assign, len(classes))
+        centred = x - means[assign]
+        scatter = centred.T @ centred
+        self.scatter = scatter if self.scatter is None else self.scatter + scatter
+        # Ledoit-Wolf shrinkage intensity of this task, averaged over tasks by sample count
+        self.shrinkage_sum += ledoit_wolf_shrinkage(centred, assume_centered=True) * len(x)
+        self.count += len(x)
+        self._shared = self._shared_prec = None
+        return Components(means=means, kind="shared", classes=classes, point_mean=means,
+                          point_cov=covs)
+
+    def shared_precision(self) -> tuple[np.ndarray, float]:
+        """Cholesky of the shared precision from the accumulated within-class scatter."""
+        if self._shared is None:
+            d = self.scatter.shape[0]
+            emp = self.scatter / self.count
+            rho = self.shrinkage_sum / self.count
+            cov = (1 - rho) * emp + rho * (np.trace(emp) / d) * np.eye(d)
+            cov += self.o.reg_covar * np.eye(d)
+            self._shared = _chol_precision(cov)
+        return self._shared
+
+    def _fit_dpgmm(self, x: np.ndarray, labels: np.ndarray) -> Components:
+        center = basis = resid = None
+        z = x
+        if self.o.covariance == "lowrank":
+            k = min(self.o.pca_dim, x.shape[1] - 1, len(x) - 1)
+            center = x.mean(0)
+            _, sv, vt = np.linalg.svd(x - center, full_matrices=False)
+            basis = vt[:k].T
+            eig = sv ** 2 / len(x)
+            resid = float(max(eig[k:].sum() / (x.shape[1] - k), 1e-12)) + self.o.reg_covar
+            z = (x - center) @ basis
+        cov_type = "diag" if self.o.covariance == "diag" else "full"
+        n = min(self.o.n_components, len(z))
+        gmm = BayesianGaussianMixture(
+            n_components=n, covariance_type=cov_type,
+            weight_concentration_prior_type="dirichlet_process",
+            weight_concentration_prior=self.o.concentration, reg_covar=self.o.reg_covar,
+            max_iter=self.o.max_iter, random_state=self.seed, init_params="kmeans")
+        assign = gmm.fit(z).predict(z)
+        keep = np.unique(assign)  # drop empty components
+        remap = np.searchsorted(keep, assign)
+        pm, pc = _moments(z, remap, len(keep))
+        if cov_type == "diag":
+            var = gmm.covariances_[keep]
+            return Components(means=gmm.means_[keep], kind="diag", var=var,
+                              logdet=np.log(var).sum(1), center=center, basis=basis,
+                              resid_var=resid, point_mean=pm, point_cov=pc)
+        chols, logdets = zip(*(_chol_precision(c) for c in gmm.covariances_[keep]))
+        return Components(means=gmm.means_[keep], kind="full", prec_chol=np.stack(chols),
+                          logdet=np.array(logdets), center=center, basis=basis, resid_var=resid,
+                          point_mean=pm, point_cov=pc)
+
+    def _fit_kmeans(self, x: np.ndarray, labels: np.ndarray) -> Components:
+        k = min(self.o.kmeans_k, len(x))
+        km = KMeans(n_clusters=k, n_init=3, random_state=self.seed).fit(x)
+        pm, pc = _moments(x, km.labels_, k)
+        return Components(means=km.cluster_centers_, kind="iso", point_mean=pm, point_cov=pc)
+
+    def _fit_gaussian(self, x: np.ndarray, labels: np.ndarray) -> Components:
+        mean = x.mean(0, keepdims=True)
+        emp = np.cov(x.T, bias=True)
+        rho = ledoit_wolf_shrinkage(x - mean, assume_centered=True)
+        d = x.shape[1]
+        cov = (1 - rho) * emp + rho * np.trace(emp) / d * np.eye(d) + self.o.reg_covar * np.eye(d)
+        chol, logdet = _chol_precision(cov)
+        return Components(means=mean, kind="full", prec_chol=chol[None], logdet=np.array([logdet]),
+                          point_mean=mean, point_cov=emp[None])
+
+    # -- retrieval -----------------------------------------------------------------------
+    def task_scores(self, x: np.ndarray, task: int) -> np.ndarray:
+        """score_task(x) = max over the task's components of the log-likelihood."""
+        comp = self.tasks[task]
+        shared = self.shared_precision() if comp.kind == "shared" else None
+        return comp.log_likelihood(self.prepare(x), shared).max(1)
+
+    def scores(self, x: np.ndarray) -> np.ndarray:
+        """(N, T) scores of every task, all in this signature space (frozen embeddings)."""
+        return np.stack([self.task_scores(x, k) for k in range(len(self.tasks))], 1)
+
+    def nbytes(self, task: int) -> int:
+        return self.tasks[task].nbytes()
+
+    # -- saving --------------------------------------------------------------------------
+    def state(self, prefix: str = "sig.") -> tuple[dict[str, torch.Tensor], dict]:
+        tensors, meta = {}, {"tasks": []}
+        for k, comp in enumerate(self.tasks):
+            fields = {}
+            # point moments serve the certificate during a run only; a saved model skips them
+            for name in ("means", "prec_chol", "var", "logdet", "center", "basis", "classes"):
+                value = getattr(comp, name)
+                if value is not None:
+                    tensors[f"{prefix}{k}.{name}"] = torch.from_numpy(np.ascontiguousarray(value))
+                    fields[name] = True
+            meta["tasks"].append({"kind": comp.kind, "resid_var": comp.resid_var,
+                                  "fields": sorted(fields)})
+        if self.scatter is not None:
+            tensors[f"{prefix}scatter"] = torch.from_numpy(self.scatter)
+        meta.update(count=self.count, shrinkage_sum=self.shrinkage_sum)
+        return tensors, meta
+
+    def load_state(self, tensors: dict[str, torch.Tensor], meta: dict, prefix: str = "sig.") -> None:
+        self.tasks = []
+        for k, t in enumerate(meta["tasks"]):
+            values = {name: tensors[f"{prefix}{k}.{name}"].numpy() for name in t["fields"]}
+            self.tasks.append(Components(kind=t["kind"], resid_var=t["resid_var"], **values))
+        self.scatter = tensors[f"{prefix}scatter"].numpy() if f"{prefix}scatter" in tensors else None
+        self.count, self.shrinkage_sum = int(meta["count"]), float(meta["shrinkage_sum"])
+        self._shared = None
+
+
+def retrieve(scores: np.ndarray, mode: Literal["sample", "batch"] = "sample") -> np.ndarray:
+    """Per-sample argmax over tasks; ``batch`` gives the whole batch the task of highest mean
+    score (the authors' evaluation code; assumes task-pure batches, so only as an option)."""
+    if mode == "batch":
+        return np.full(len(scores), int(scores.mean(0).argmax()))
+    return scores.argmax(1)
+
+
+# -- certificate (section 6) ---------------------------------------------------------------
+def certificate(sig: TaskSignatures, epsilon: float = 0.01) -> dict:
+    """Per-cluster separation delta and the paper's Eq. 28 check, from cluster moments.
+
+    The points D of cluster (t, s) are summarised by their empirical mean m and covariance C in
+    the signature space, so the mean squared Mahalanobis distance to another cluster (i, u) is
+    tr(P C) + (m - mu)^T P (m - mu) with P = Sigma_iu^-1; no stored data are needed. With a
+    shared signature space (frozen embeddings) h_i = h for every task, as the formula assumes.
+    """
+    m = len(sig.tasks)
+    clusters = []
+    if m < 2:
+        return {"clusters": [], "certified_fraction": None,
+                "note": "not applicable: needs at least two tasks"}
+    if any(c.basis is not None for c in sig.tasks) or any(c.point_cov is None for c in sig.tasks):
+        # per-task PCA spaces differ, and a reloaded model has no cluster moments
+        return {"clusters": [], "certified_fraction": None,
+                "note": "not applicable: needs cluster moments in one shared space"}
+    comps = [_cluster_params(sig, k) for k in range(m)]
+    taus = [len(c[0]) for c in comps]
+    N = (m - 1) * sum(taus) + 1
+    for t in range(m):
+        means_t, precs_t, logdets_t, pmeans, pcovs = comps[t]
+        d = pmeans.shape[1]
+        for s in range(len(means_t)):
+            mt, ct = pmeans[s], pcovs[s]
+            deltas, kappas = [], []
+            for i in range(m):
+                if i == t:
+                    continue
+                means_i, precs_i, logdets_i, _, _ = comps[i]
+                for u in range(len(means_i)):
+                    P = precs_i[u]
+                    diff = mt - means_i[u]
+                    # tr(P C) as an elementwise sum (both symmetric): d^2, not d^3
+                    deltas.append((float((P * ct).sum()) + diff @ P @ diff) / d - 1)
+                    kappas.append(logdets_i[u] - logdets_t[s])
+            delta, kappa = float(min(deltas)), float(min(kappas))
+            sigma2 = float(np.diag(ct).max())
+            M = 3 * d * sigma2 - kappa
+            disc = M * M - 24 * d * sigma2 * kappa
+            L = math.log(N / epsilon)
+            T2 = math.log((N / epsilon) * (math.sqrt(1 + 4 * d / L) + 1))
+            entry = {"task": t, "cluster": s, "delta": delta, "kappa": kappa, "sigma2": sigma2}
+            if disc < 0:
+                entry.update(threshold=None, certified=None, status="not applicable")
+            else:
+                T1 = 0.25 * (M + math.sqrt(disc)) - kappa
+                threshold = 2.0 / d * max(T1, T2)
+                entry.update(threshold=threshold, certified=bool(delta > threshold),
+                             status="pass" if delta > threshold else "fail")
+            clusters.append(entry)
+    judged = [c for c in clusters if c["certified"] is not None]
+    fraction = (sum(c["certified"] for c in judged) / len(judged)) if judged else None
+    return {"clusters": clusters, "certified_fraction": fraction,
+            "not_applicable": len(clusters) - len(judged)}
+
+
+def _cluster_params(sig: TaskSignatures, k: int):
+    """Means, precision matrices, log-dets and point moments of task k's clusters in the space
+    its Gaussians live in (the PCA space for lowrank signatures)."""
+    comp = sig.tasks[k]
+    d = comp.means.shape[1]
+    if comp.kind == "shared":
+        L, logdet = sig.shared_precision()
+        if sig._shared_prec is None:
+            sig._shared_prec = L @ L.T
+        precs = [sig._shared_prec] * len(comp.means)
+        logdets = [logdet] * len(comp.means)
+    elif comp.kind == "full":
+        if comp._prec is None:  # d^3 per component: computed once per run
+            comp._prec = [L @ L.T for L in comp.prec_chol]
+        precs = comp._prec
+        logdets = list(comp.logdet)
+    elif comp.kind == "diag":
+        precs = [np.diag(1.0 / v) for v in comp.var]
+        logdets = list(comp.logdet)
+    else:  # iso
+        precs = [np.eye(d)] * len(comp.means)
+        logdets = [0.0] * len(comp.means)
+    return comp.means, precs, logdets, comp.point_mean, comp.point_cov

@@ -1,0 +1,223 @@
+"""The PROTEUS learner end to end: tiny random ViT, synthetic images, 6 classes in 3 tasks.
+
+Five short runs are shared by the module (about 2 s each on a CPU): the default learner (model
+saved), oracle and no retrieval, signatures in the adapted space, and no transfer (alpha 0).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+import proteus
+from proteus.backbones import BACKBONES
+from proteus.config import validate
+from proteus.data import ScenarioOptions, build_scenario, stack
+from proteus.engine import build_learner, load_data
+from proteus.learners import Context
+from proteus.storage import save_model
+
+from conftest import TINY_NUM_TASKS
+
+T = TINY_NUM_TASKS
+LEARNER = {"name": "proteus", "rank": 2, "epochs": 1, "proj_dim": 256, "batch_size": 16}
+VARIANTS = {
+    "base": {},
+    "oracle": {"retrieval": "oracle"},
+    "none": {"retrieval": "none"},
+    "adapted": {"signature_space": "adapted"},
+    "alpha0": {"alpha": 0.0},
+}
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """One intra-op thread: on a shared, busy CPU extra threads mostly wait for each other."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def read_json(path: Path):
+    return json.loads(Path(path).read_text())
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory, make_tiny_config):
+    root = tmp_path_factory.mktemp("proteus")
+    out = {}
+    for name, changes in VARIANTS.items():
+        raw = make_tiny_config(root, name=name, learner={**LEARNER, **changes},
+                               save_model=name == "base")
+        returned = proteus.run(validate(raw))
+        results = read_json(root / name / "results.json")
+        assert returned["metrics"] == results["metrics"]
+        out[name] = {"raw": raw, "dir": root / name, "results": results}
+    return out
+
+
+def _tests_per_task(results) -> list[int]:
+    return [t["num_test"] for t in results["tasks"]]
+
+
+def test_default_run_reports_retrieval(runs):
+    results = runs["base"]["results"]
+    assert results["learner"] == "proteus"
+    acc = results["metrics"]["task_retrieval_accuracy"]
+    assert isinstance(acc, float) and 0.5 < acc <= 1.0  # chance is 1/3
+    confusion = np.asarray(results["retrieval_confusion"])
+    assert confusion.shape == (T, T)
+    n_test = _tests_per_task(results)
+    assert confusion.sum(1).tolist() == n_test  # rows: true task
+    assert np.trace(confusion) / confusion.sum() == pytest.approx(acc)
+    assert len(results["retrieval_accuracy_seen"]) == T
+    assert results["retrieval_accuracy_seen"][0] == 1.0  # one task: nothing to confuse
+    assert results["retrieval_accuracy_seen"][-1] == pytest.approx(acc)
+    assert results["parameters"]["trained_per_task"] > 0
+    # the last-step metrics line carries the same retrieval accuracy
+    lines = [json.loads(x) for x in (runs["base"]["dir"] / "metrics.jsonl").read_text().splitlines()]
+    assert len(lines) == T and lines[-1]["task_retrieval_accuracy"] == pytest.approx(acc)
+
+
+def test_extras_hold_a_certificate_per_task(runs):
+    per_task = runs["base"]["results"]["extras"]["per_task"]
+    assert len(per_task) == T
+    first = per_task[0]["certificate"]
+    assert first["certified_fraction"] is None and "not applicable" in first["note"]
+    for k in range(1, T):
+        extras = per_task[k]
+        cert = extras["certificate"]
+        n = 2 * (k + 1)  # class-gaussian: one cluster per class, 2 classes per task
+        assert len(cert["delta"]) == len(cert["status"]) == len(cert["cluster_task"]) == n
+        assert sorted(set(cert["cluster_task"])) == list(range(k + 1))
+        assert set(cert["status"]) <= {"pass", "fail", "not applicable"}
+        assert all(np.isfinite(cert["delta"]))
+        frac = cert["certified_fraction"]
+        assert frac is None or 0.0 <= frac <= 1.0
+        if frac is not None:
+            assert frac == pytest.approx(cert["status"].count("pass")
+                                         / (n - cert["status"].count("not applicable")))
+        assert extras["signature_components"] == 2
+        assert extras["signature_bytes"] > 0
+        assert extras["ridge_lambda"] > 0
+
+
+def test_oracle_retrieval_is_exact(runs):
+    results = runs["oracle"]["results"]
+    assert results["metrics"]["task_retrieval_accuracy"] == 1.0
+    assert results["retrieval_accuracy_seen"] == [1.0] * T
+    confusion = np.asarray(results["retrieval_confusion"])
+    assert np.array_equal(confusion, np.diag(_tests_per_task(results)))
+
+
+def test_no_retrieval_picks_the_last_task(runs):
+    results = runs["none"]["results"]
+    n_test = _tests_per_task(results)
+    confusion = np.asarray(results["retrieval_confusion"])
+    expected = np.zeros((T, T), dtype=int)
+    expected[:, T - 1] = n_test
+    assert np.array_equal(confusion, expected)
+    seen = [n_test[k] / sum(n_test[: k + 1]) for k in range(T)]
+    assert results["retrieval_accuracy_seen"] == pytest.approx(seen)
+    assert results["metrics"]["task_retrieval_accuracy"] == pytest.approx(seen[-1])
+
+
+@pytest.mark.parametrize("name", ["adapted", "alpha0"])
+def test_ablations_run(runs, name):
+    results = runs[name]["results"]
+    learner_cfg = results["config"]["learner"]
+    for key, value in VARIANTS[name].items():
+        assert learner_cfg[key] == value
+    assert len(results["accuracy_seen"]) == T
+    acc = results["metrics"]["task_retrieval_accuracy"]
+    assert acc is not None and 0.0 <= acc <= 1.0
+    assert np.asarray(results["retrieval_confusion"]).sum() == sum(_tests_per_task(results))
+    assert "certificate" in results["extras"]["per_task"][-1]
+    assert not (runs[name]["dir"] / "model").exists()  # save_model: false
+
+
+def _scenario(raw: dict, manifest: Path | None = None):
+    config = validate(raw)
+    options = (ScenarioOptions(manifest=str(manifest)) if manifest
+               else ScenarioOptions.model_validate(config.scenario))
+    return config, build_scenario(load_data(config), options, seed=config.seed)
+
+
+def test_loaded_model_predicts_like_the_run(runs):
+    run = runs["base"]
+    _, scenario = _scenario(run["raw"], run["dir"] / "split_manifest.json")
+    test = stack([t.test for t in scenario.tasks])
+    true_task = np.concatenate([np.full(len(t.test), t.index) for t in scenario.tasks])
+    model = proteus.load_model(run["dir"] / "model", device="cpu")
+    out = model.predict(test.items)
+    ids, tasks = np.asarray(out["class_ids"]), np.asarray(out["task_ids"])
+    # the run's final evaluation, reproduced: per-task accuracy and the retrieval confusion
+    acc = run["results"]["accuracy_matrix"]
+    start = 0
+    for task in scenario.tasks:
+        n = len(task.test)
+        got = float((ids[start:start + n] == task.test.labels).mean())
+        assert got == pytest.approx(acc[task.index][T - 1]), task.index
+        start += n
+    confusion = np.zeros((T, T), dtype=int)
+    np.add.at(confusion, (true_task, tasks), 1)
+    assert confusion.tolist() == run["results"]["retrieval_confusion"]
+
+
+@pytest.fixture(scope="module")
+def driven(tmp_path_factory, make_tiny_config):
+    """A learner driven task by task, with task 0's embeddings recorded right after task 0."""
+    root = tmp_path_factory.mktemp("driven")
+    raw = make_tiny_config(root, name="driven", learner=LEARNER)
+    config, scenario = _scenario(raw)
+    backbone = BACKBONES.build(config.backbone.name, config.backbone.options)
+    learner = build_learner(config, backbone)
+    ctx = Context(backbone=backbone, seed=config.seed, batch_size=64, progress=False,
+                  frozen_scope=learner.frozen_scope)
+    items = scenario.tasks[0].train.items
+    learner.learn_task(scenario.tasks[0], ctx)
+    after_task0 = learner._embed(items, 0, 64)
+    for task in scenario.tasks[1:]:
+        learner.learn_task(task, ctx)
+    return {"config": config, "scenario": scenario, "learner": learner, "ctx": ctx,
+            "items": items, "after_task0": after_task0, "root": root}
+
+
+def test_task0_embeddings_never_change(driven):
+    learner, items = driven["learner"], driven["items"]
+    assert learner.tasks_learned == T and learner.pool.num_tasks == T
+    now = learner._embed(items, 0, 64)
+    assert np.array_equal(now, driven["after_task0"])
+    # in another batch size too (row-wise computation) and without the training batches
+    assert np.allclose(learner._embed(items, 0, 7), now, atol=1e-6)
+    frozen = learner._embed(items, None, 64)
+    assert not np.allclose(now, frozen, atol=1e-6)  # task 0's update is not empty
+    assert not np.allclose(learner._embed(items, T - 1, 64), now, atol=1e-6)
+    # the frozen features the signatures use are the pre-trained backbone's
+    assert np.allclose(driven["ctx"].features(driven["scenario"].tasks[0].train), frozen,
+                       atol=1e-5)
+
+
+def test_save_load_predict_is_identical(driven):
+    learner, ctx, config = driven["learner"], driven["ctx"], driven["config"]
+    scenario = driven["scenario"]
+    path = save_model(driven["root"] / "model", learner=learner,
+                      backbone_config=config.backbone.resolved(),
+                      learner_config=config.learner.resolved(), class_names=scenario.class_names,
+                      class_order=scenario.class_order, extra={"seed": config.seed})
+    test = stack([t.test for t in scenario.tasks])
+    before = learner.predict(test, ctx)
+    model = proteus.load_model(path, device="cpu")
+    out = model.predict(test.items)
+    assert np.array_equal(np.asarray(out["class_ids"]), before.classes)
+    assert np.array_equal(np.asarray(out["task_ids"]), before.tasks)
+    # and the reloaded learner's stored backbones are the same per task
+    items = driven["items"][:10]
+    for k in range(T):
+        assert np.allclose(model.learner._embed(items, k, 64), learner._embed(items, k, 64),
+                           atol=1e-6), k
