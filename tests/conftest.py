@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 import pytest
+import torch
 import yaml
 
 # Set at import time: huggingface_hub reads these when it is first imported.
@@ -77,3 +78,13 @@ def tiny_config_file(tmp_path: Path, tiny_config: dict[str, Any]) -> Path:
     path = tmp_path / "tiny.yaml"
     path.write_text(yaml.safe_dump(tiny_config, sort_keys=False))
     return path
+
+
+@pytest.fixture
+def one_thread():
+    """One intra-op thread: on a shared, busy CPU multi-threaded LAPACK calls (eigh) can take
+    ~1000x longer while threads wait for each other."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

@@ -8,17 +8,10 @@ import torch
 
 from proteus.heads import DEFAULT_LAMBDAS, RidgeHead
 
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
 IN_DIM = 8
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """One intra-op thread: on a shared, busy CPU multi-threaded LAPACK calls (eigh) can take
-    ~1000x longer while threads wait for each other."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def task_data(task: int, n_per_class: int = 30, classes_per_task: int = 2, seed: int = 0,

@@ -13,14 +13,7 @@ from proteus.lora import LowRankLayer, LowRankPool
 RANK, ALPHA, SCALE = 2, 0.3, 0.1
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """One intra-op thread: on a shared, busy CPU multi-threaded LAPACK calls (eigh) can take
-    ~1000x longer while threads wait for each other."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _fill_random(layer: LowRankLayer, gen: torch.Generator) -> None:

@@ -15,14 +15,7 @@ from proteus.signatures import (Components, SignatureOptions, TaskSignatures, ce
 T, C, D, N = 4, 2, 16, 100  # tasks, classes per task, dimension, points per class
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """One intra-op thread: on a shared, busy CPU multi-threaded LAPACK calls (eigh) can take
-    ~1000x longer while threads wait for each other."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def make_tasks(separated: bool = True, noise_seed: int = 1, n: int = N):

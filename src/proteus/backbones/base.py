@@ -101,15 +101,11 @@ def embed(
     with torch.inference_mode():
         for start in tqdm(range(0, n, batch_size), desc=desc, disable=not progress or n <= batch_size,
                           leave=False, unit="batch"):
-            batch = _slice(items, start, start + batch_size)
+            batch = items[start:start + batch_size]
             out.append(backbone(backbone.preprocess(batch)).float().cpu().numpy())
     if not out:
         return np.zeros((0, backbone.embed_dim), dtype=np.float32)
     return np.concatenate(out).astype(np.float32, copy=False)
-
-
-def _slice(items: Sequence[Any] | np.ndarray, start: int, stop: int):
-    return items[start:stop]
 
 
 class ImagePreprocessor:

@@ -11,7 +11,7 @@ import numpy as np
 import torch
 
 from ..backbones.base import Backbone, embed
-from ..data.base import LabeledData
+from ..data.base import LabeledData, take
 from ..data.scenario import Task
 from ..registry import Options, Registry
 
@@ -48,7 +48,7 @@ class Context:
         missing = [i for i, sid in enumerate(data.ids.tolist()) if sid not in self._cache]
         if missing:
             with self.frozen_scope():
-                new = embed(self.backbone, _take(data.items, missing), self.batch_size, desc,
+                new = embed(self.backbone, take(data.items, np.asarray(missing)), self.batch_size, desc,
                             self.progress)
             for i, row in zip(missing, new):
                 self._cache[int(data.ids[i])] = row
@@ -59,10 +59,6 @@ class Context:
     def embed(self, data: LabeledData, desc: str = "embed") -> np.ndarray:
         """Embeddings with the backbone as it is now (adapters included), not cached."""
         return embed(self.backbone, data.items, self.batch_size, desc, self.progress)
-
-
-def _take(items, index):
-    return items[np.asarray(index)] if isinstance(items, np.ndarray) else [items[i] for i in index]
 
 
 class Learner(ABC):

@@ -30,7 +30,7 @@ import torch
 from pydantic import Field
 from torch import nn
 
-from ..data.base import LabeledData
+from ..data.base import LabeledData, take
 from ..data.scenario import Task
 from ..heads import RidgeHead
 from ..lora import LowRankPool
@@ -117,9 +117,7 @@ class Proteus(Learner):
                     x = prefix[torch.as_tensor(rows)]
                     out.append(self.backbone.run_stages(x, self.start))
                 else:
-                    batch = (items[rows] if isinstance(items, np.ndarray)
-                             else [items[i] for i in rows])
-                    out.append(self.backbone(self.backbone.preprocess(batch)))
+                    out.append(self.backbone(self.backbone.preprocess(take(items, rows))))
         if not out:
             return np.zeros((0, self.backbone.embed_dim), dtype=np.float32)
         return torch.cat(out).float().cpu().numpy()
@@ -139,9 +137,7 @@ class Proteus(Learner):
             with torch.inference_mode(), self.frozen_scope():
                 for b in self._batches(len(index), ctx.batch_size):
                     rows = index[b]
-                    items = (data.items[rows] if isinstance(data.items, np.ndarray)
-                             else [data.items[i] for i in rows])
-                    x, parts = self.backbone.preprocess(items), []
+                    x, parts = self.backbone.preprocess(take(data.items, rows)), []
                     for stage in range(n_stages):
                         x = self.backbone.run_stages(x, stage, stage + 1)
                         if stage in stages:
@@ -219,9 +215,8 @@ class Proteus(Learner):
                 if prefix is not None:
                     x = prefix[rows].clone()
                 else:
-                    batch = (items[rows.numpy()] if isinstance(items, np.ndarray)
-                             else [items[i] for i in rows.tolist()])
-                    x = self.backbone.preprocess(batch, train=o.augment, generator=gen)
+                    x = self.backbone.preprocess(take(items, rows.numpy()), train=o.augment,
+                                                 generator=gen)
                 feats = self.backbone.run_stages(x, self.start)
                 loss = nn.functional.cross_entropy(temp_head(feats), local[rows].to(feats.device))
                 if o.lambda_orth and has_pool:
