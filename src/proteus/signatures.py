@@ -302,6 +302,7 @@ def certificate(sig: TaskSignatures, epsilon: float = 0.01) -> dict:
         for s in range(len(means_t)):
             mt, ct = pmeans[s], pcovs[s]
             deltas, kappas = [], []
+            traces: dict[int, float] = {}  # tr(P C) per precision matrix; shared P: computed once
             for i in range(m):
                 if i == t:
                     continue
@@ -309,8 +310,10 @@ def certificate(sig: TaskSignatures, epsilon: float = 0.01) -> dict:
                 for u in range(len(means_i)):
                     P = precs_i[u]
                     diff = mt - means_i[u]
-                    # tr(P C) as an elementwise sum (both symmetric): d^2, not d^3
-                    deltas.append((float((P * ct).sum()) + diff @ P @ diff) / d - 1)
+                    if id(P) not in traces:
+                        # tr(P C) as an elementwise sum (both symmetric): d^2, not d^3
+                        traces[id(P)] = float((P * ct).sum())
+                    deltas.append((traces[id(P)] + diff @ P @ diff) / d - 1)
                     kappas.append(logdets_i[u] - logdets_t[s])
             delta, kappa = float(min(deltas)), float(min(kappas))
             sigma2 = float(np.diag(ct).max())

@@ -27,7 +27,7 @@ class EfficientNetLite(Backbone):
 
     modality = "image"
     embed_dim = 1280
-    default_signature_stages = [15, 16]  # outputs of blocks 14 and 15 (stage 0 is the stem)
+    default_signature_stages = list(range(1, 17))  # the output of every block (0 is the stem)
     default_targets = [r"_blocks\.(8|9|10|11|12|13|14|15)\._(expand|project)_conv"]
 
     def __init__(self, options: EfficientNetLiteOptions):
