@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import collections
 import gzip
 import json
+import os
+import pickle
+import pickletools
 import struct
 from pathlib import Path
 
@@ -20,7 +24,9 @@ from proteus.data.readers import (
     ImageFolderOptions,
     SyntheticOptions,
     TextTableOptions,
+    CIFAR100Options,
     WordNetOptions,
+    read_cifar100,
     read_fashion_mnist,
     read_idx,
     read_image_folder,
@@ -582,3 +588,277 @@ def test_real_mnist_5k():
     assert d.items.shape == (5000, 28, 28) and d.items.dtype == np.uint8
     assert np.bincount(d.labels).tolist() == [500] * 10
     assert d.official_split is None and d.class_names[3] == "digit 3"
+
+
+# --------------------------------------------------------------------------------------------
+# cifar-100 (python release: pickled dicts with bytes keys)
+
+CIFAR_FINE = [b"apple", b"bear", b"castle"]
+CIFAR_COARSE = [b"fruit_and_vegetables", b"large_man-made_outdoor_things"]
+# one pixel set explicitly in the row format: record 2 of train, y=5, x=7 -> R, G, B
+CIFAR_PIXEL = (2, 5, 7, (11, 22, 33))
+
+
+def cifar_part(n: int, fine: list[int], coarse: list[int], seed: int) -> dict:
+    rng = np.random.default_rng(seed)
+    return {
+        b"data": rng.integers(0, 256, size=(n, 3072), dtype=np.uint8),
+        b"fine_labels": list(fine),
+        b"coarse_labels": list(coarse),
+        b"filenames": [f"img_{seed}_{i}.png".encode() for i in range(n)],
+        b"batch_label": b"training batch 1 of 1",
+    }
+
+
+def write_pickle(path: Path, obj) -> Path:
+    # protocol 4 rebuilds arrays with numpy's _reconstruct, as the release's files do
+    with open(path, "wb") as fh:
+        pickle.dump(obj, fh, protocol=4)
+    return path
+
+
+def make_cifar(root: Path) -> dict[str, dict]:
+    """6 train + 4 test images over 3 fine and 2 coarse classes, in the real file format."""
+    root.mkdir(parents=True, exist_ok=True)
+    train = cifar_part(6, [0, 1, 2, 0, 1, 2], [0, 0, 1, 0, 0, 1], seed=1)
+    test = cifar_part(4, [2, 2, 1, 0], [1, 1, 0, 0], seed=2)
+    i, y, x, rgb = CIFAR_PIXEL
+    for channel, value in enumerate(rgb):
+        train[b"data"][i, channel * 1024 + y * 32 + x] = value
+    meta = {b"fine_label_names": CIFAR_FINE, b"coarse_label_names": CIFAR_COARSE}
+    write_pickle(root / "train", train)
+    write_pickle(root / "test", test)
+    write_pickle(root / "meta", meta)
+    return {"train": train, "test": test, "meta": meta}
+
+
+def py2_style_pickle(obj) -> bytes:
+    """``obj`` pickled as the Python 2 release files are: protocol 2, strings as
+    SHORT_BINSTRING/BINSTRING (bytes under encoding="bytes"), numpy.core.multiarray globals."""
+    raw = pickle.dumps(obj, protocol=3)
+    out, last = [b"\x80\x02"], 2
+    swap = {"SHORT_BINBYTES": b"U", "BINBYTES": b"T", "BINUNICODE": b"T"}  # same length layout
+    for op, arg, pos in pickletools.genops(raw):
+        if op.name in swap:
+            out += [raw[last:pos], swap[op.name]]
+            last = pos + 1
+        elif op.name == "GLOBAL":
+            end = raw.index(b"\n", raw.index(b"\n", pos) + 1) + 1
+            module, name = arg.split(" ")
+            module = module.replace("numpy._core.", "numpy.core.")
+            out += [raw[last:pos], f"c{module}\n{name}\n".encode()]
+            last = end
+    out.append(raw[last:])
+    return b"".join(out)
+
+
+class _Payload:
+    """Unpickling this calls ``func(*args)``: the classic malicious-pickle shape."""
+
+    def __init__(self, func, *args):
+        self.func, self.args = func, args
+
+    def __reduce__(self):
+        return self.func, self.args
+
+
+def _touch_by_exec(marker: Path) -> _Payload:
+    return _Payload(exec, f"open({str(marker)!r}, 'w').close()")
+
+
+def _touch_by_system(marker: Path) -> _Payload:
+    return _Payload(os.system, f"touch '{marker}'")
+
+
+def test_cifar100_registered():
+    assert "cifar-100" in DATASETS.names()
+    with pytest.raises(ConfigError, match="root"):
+        DATASETS.build("cifar-100", {})
+    with pytest.raises(ConfigError, match="label"):
+        DATASETS.build("cifar-100", {"root": "x", "label": "medium"})
+
+
+def test_cifar100_fine_train_then_test(tmp_path):
+    files = make_cifar(tmp_path / "cifar-100-python")
+    d = DATASETS.build("cifar-100", {"root": str(tmp_path / "cifar-100-python")})
+    assert d.items.shape == (10, 32, 32, 3) and d.items.dtype == np.uint8
+    assert d.items.flags.c_contiguous
+    assert d.labels.dtype == np.int64
+    assert d.labels.tolist() == [0, 1, 2, 0, 1, 2, 2, 2, 1, 0]
+    assert d.class_names == ["apple", "bear", "castle"]
+    assert d.official_split.dtype == np.int8
+    assert d.official_split.tolist() == [0] * 6 + [1] * 4
+    assert d.modality == "image" and d.source == "cifar-100"
+    # every pixel: row = 1024 R, 1024 G, 1024 B, each 32x32 row-major
+    rows = np.concatenate([files["train"][b"data"], files["test"][b"data"]])
+    for n in (0, 2, 9):
+        for c in range(3):
+            for y, x in ((0, 0), (0, 31), (31, 0), (13, 21)):
+                assert d.items[n, y, x, c] == rows[n, c * 1024 + y * 32 + x]
+
+
+def test_cifar100_pixel_layout(tmp_path):
+    make_cifar(tmp_path)
+    d = read_cifar100(CIFAR100Options(root=str(tmp_path)))
+    i, y, x, rgb = CIFAR_PIXEL
+    assert d.items[i, y, x, :].tolist() == list(rgb)
+    # the same pixel is not where a wrong (e.g. column-major or HWC-row) decoding would put it
+    assert d.items[i, x, y, :].tolist() != list(rgb)
+
+
+def test_cifar100_coarse_labels(tmp_path):
+    make_cifar(tmp_path)
+    d = read_cifar100(CIFAR100Options(root=str(tmp_path), label="coarse"))
+    assert d.class_names == ["fruit_and_vegetables", "large_man-made_outdoor_things"]
+    assert d.labels.tolist() == [0, 0, 1, 0, 0, 1, 1, 1, 0, 0]
+    assert d.items.shape == (10, 32, 32, 3)
+    assert d.official_split.tolist() == [0] * 6 + [1] * 4
+
+
+def test_cifar100_python2_style_files(tmp_path):
+    files = make_cifar(tmp_path)
+    for name in ("train", "test", "meta"):
+        blob = py2_style_pickle(files[name])
+        assert b"cnumpy.core.multiarray\n_reconstruct\n" in blob or name == "meta"
+        (tmp_path / name).write_bytes(blob)
+    d = read_cifar100(CIFAR100Options(root=str(tmp_path)))
+    assert d.class_names == ["apple", "bear", "castle"]
+    i, y, x, rgb = CIFAR_PIXEL
+    assert d.items[i, y, x, :].tolist() == list(rgb)
+    assert d.labels.tolist() == [0, 1, 2, 0, 1, 2, 2, 2, 1, 0]
+
+
+def test_cifar100_missing_folder(tmp_path):
+    with pytest.raises(DataError) as err:
+        read_cifar100(CIFAR100Options(root=str(tmp_path / "absent")))
+    assert str(tmp_path / "absent") in str(err.value)
+    assert "root/{train,test,meta}" in str(err.value) and "python release" in str(err.value)
+
+
+@pytest.mark.parametrize("name", ["train", "test", "meta"])
+def test_cifar100_missing_file(tmp_path, name):
+    make_cifar(tmp_path)
+    (tmp_path / name).unlink()
+    with pytest.raises(DataError, match="not found") as err:
+        read_cifar100(CIFAR100Options(root=str(tmp_path)))
+    assert str(tmp_path / name) in str(err.value)
+    assert "root/{train,test,meta}" in str(err.value)
+
+
+@pytest.mark.parametrize("corrupt", ["text", "truncated", "empty"])
+def test_cifar100_not_a_pickle(tmp_path, corrupt):
+    make_cifar(tmp_path)
+    path = tmp_path / "test"
+    raw = path.read_bytes()
+    path.write_bytes({"text": b"this is not a pickle\n", "truncated": raw[: len(raw) // 2],
+                      "empty": b""}[corrupt])
+    with pytest.raises(DataError) as err:
+        read_cifar100(CIFAR100Options(root=str(tmp_path)))
+    assert str(path) in str(err.value)
+
+
+def test_cifar100_not_a_dict(tmp_path):
+    make_cifar(tmp_path)
+    write_pickle(tmp_path / "train", [1, 2, 3])
+    with pytest.raises(DataError, match="expected a pickled dict, found list") as err:
+        read_cifar100(CIFAR100Options(root=str(tmp_path)))
+    assert str(tmp_path / "train") in str(err.value)
+
+
+@pytest.mark.parametrize("name, key, label", [
+    ("train", b"data", "fine"),
+    ("test", b"fine_labels", "fine"),
+    ("train", b"coarse_labels", "coarse"),
+    ("meta", b"fine_label_names", "fine"),
+    ("meta", b"coarse_label_names", "coarse"),
+])
+def test_cifar100_missing_key(tmp_path, name, key, label):
+    files = make_cifar(tmp_path)
+    del files[name][key]
+    write_pickle(tmp_path / name, files[name])
+    with pytest.raises(DataError) as err:
+        read_cifar100(CIFAR100Options(root=str(tmp_path), label=label))
+    msg = str(err.value)
+    assert str(tmp_path / name) in msg and f"missing key {key.decode()!r}" in msg
+
+
+@pytest.mark.parametrize("shape", [(6, 3071), (6, 3, 1024), (6,)])
+def test_cifar100_bad_data_shape(tmp_path, shape):
+    files = make_cifar(tmp_path)
+    files["train"][b"data"] = np.zeros(shape, dtype=np.uint8)
+    write_pickle(tmp_path / "train", files["train"])
+    with pytest.raises(DataError, match=r"\(N, 3072\)") as err:
+        read_cifar100(CIFAR100Options(root=str(tmp_path)))
+    assert str(tmp_path / "train") in str(err.value) and str(shape) in str(err.value)
+
+
+def test_cifar100_data_not_uint8(tmp_path):
+    files = make_cifar(tmp_path)
+    files["test"][b"data"] = files["test"][b"data"].astype(np.float32)
+    write_pickle(tmp_path / "test", files["test"])
+    with pytest.raises(DataError, match="uint8") as err:
+        read_cifar100(CIFAR100Options(root=str(tmp_path)))
+    assert str(tmp_path / "test") in str(err.value) and "float32" in str(err.value)
+
+
+def test_cifar100_label_count_mismatch(tmp_path):
+    files = make_cifar(tmp_path)
+    files["test"][b"fine_labels"] = [0, 1, 2]
+    write_pickle(tmp_path / "test", files["test"])
+    with pytest.raises(DataError) as err:
+        read_cifar100(CIFAR100Options(root=str(tmp_path)))
+    msg = str(err.value)
+    assert str(tmp_path / "test") in msg and "3 fine_labels" in msg and "4 images" in msg
+
+
+@pytest.mark.parametrize("label, bad", [("fine", 3), ("fine", -1), ("coarse", 2)])
+def test_cifar100_label_out_of_range(tmp_path, label, bad):
+    files = make_cifar(tmp_path)
+    files["train"][f"{label}_labels".encode()][4] = bad
+    write_pickle(tmp_path / "train", files["train"])
+    with pytest.raises(DataError) as err:
+        read_cifar100(CIFAR100Options(root=str(tmp_path), label=label))
+    msg = str(err.value)
+    assert str(tmp_path / "train") in msg and f"{label}_label {bad} at record 4" in msg
+
+
+def test_cifar100_labels_not_ints(tmp_path):
+    files = make_cifar(tmp_path)
+    files["train"][b"fine_labels"] = [0.5] * 6
+    write_pickle(tmp_path / "train", files["train"])
+    with pytest.raises(DataError, match="ints") as err:
+        read_cifar100(CIFAR100Options(root=str(tmp_path)))
+    assert str(tmp_path / "train") in str(err.value)
+
+
+@pytest.mark.parametrize("make_payload, refused", [
+    (_touch_by_exec, "builtins.exec"),
+    pytest.param(_touch_by_system, f"{os.system.__module__}.system",
+                 marks=pytest.mark.skipif(os.name != "posix", reason="needs a POSIX touch")),
+])
+@pytest.mark.parametrize("name", ["train", "meta"])
+def test_cifar100_refuses_code_execution(tmp_path, make_payload, refused, name):
+    root = tmp_path / "cifar"
+    files = make_cifar(root)
+    # the payload is live: a plain pickle.loads runs it
+    control = tmp_path / "control-marker"
+    pickle.loads(pickle.dumps(make_payload(control), protocol=4))
+    assert control.exists()
+    # the same payload inside a CIFAR file is refused and never runs
+    marker = tmp_path / "pwned-marker"
+    evil = {b"evil": make_payload(marker), **files[name]}  # first, so it is met before the data
+    write_pickle(root / name, evil)
+    with pytest.raises(DataError) as err:
+        read_cifar100(CIFAR100Options(root=str(root)))
+    msg = str(err.value)
+    assert str(root / name) in msg and "refused" in msg and refused in msg
+    assert not marker.exists()
+
+
+def test_cifar100_refuses_other_globals(tmp_path):
+    files = make_cifar(tmp_path)
+    write_pickle(tmp_path / "meta", collections.OrderedDict(files["meta"]))
+    with pytest.raises(DataError) as err:
+        read_cifar100(CIFAR100Options(root=str(tmp_path)))
+    msg = str(err.value)
+    assert str(tmp_path / "meta") in msg and "collections.OrderedDict" in msg
