@@ -276,7 +276,7 @@ def retrieve(scores: np.ndarray, mode: Literal["sample", "batch"] = "sample") ->
 
 
 # -- certificate (section 6) ---------------------------------------------------------------
-def certificate(sig: TaskSignatures, epsilon: float = 0.01) -> dict:
+def certificate(sig: TaskSignatures, epsilon: float = 0.01, shared_space: bool = True) -> dict:
     """Per-cluster separation delta and the paper's Eq. 28 check, from cluster moments.
 
     The points D of cluster (t, s) are summarised by their empirical mean m and covariance C in
@@ -286,6 +286,11 @@ def certificate(sig: TaskSignatures, epsilon: float = 0.01) -> dict:
     """
     m = len(sig.tasks)
     clusters = []
+    if not shared_space:
+        # adapted-space signatures: task i's clusters live in h_i's space, and D's moments would
+        # be needed in every h_i, i.e. old tasks' data under new backbones, which is gone
+        return {"clusters": [], "certified_fraction": None,
+                "note": "not applicable: signatures in per-task adapted spaces"}
     if m < 2:
         return {"clusters": [], "certified_fraction": None,
                 "note": "not applicable: needs at least two tasks"}

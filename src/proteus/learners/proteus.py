@@ -191,7 +191,7 @@ class Proteus(Learner):
         last = ctx.num_tasks is not None and k == ctx.num_tasks - 1
         if o.certificate == "every_task" or (o.certificate == "final" and last):
             t0 = time.perf_counter()
-            cert = certificate(self.signatures)
+            cert = certificate(self.signatures, shared_space=o.signature_space == "frozen")
             timing["certificate_s"] = time.perf_counter() - t0
             extras["certificate"] = {"certified_fraction": cert["certified_fraction"],
                                      "delta": [c["delta"] for c in cert["clusters"]],
