@@ -132,6 +132,14 @@ def run(config: RunConfig, console: Console | None = None) -> dict[str, Any]:
     return results
 
 
+def _without_clusters(extras: dict[str, Any]) -> dict[str, Any]:
+    """Per-task extras with the certificate cut to its summary (clusters go in once, at the end)."""
+    if "certificate" not in extras:
+        return extras
+    cert = {k: v for k, v in extras["certificate"].items() if k != "clusters"}
+    return {**extras, "certificate": cert}
+
+
 def _results(config: RunConfig, scenario: Scenario, tracker: AccuracyTracker,
              timing: list[dict], extras: list[dict], learner: Learner) -> dict[str, Any]:
     acc = tracker.accuracy_matrix()
@@ -155,8 +163,15 @@ def _results(config: RunConfig, scenario: Scenario, tracker: AccuracyTracker,
         "timing": timing,
         "peak_memory_mb": round(peak_mb, 1),
         "parameters": learner.parameter_counts(),
-        "extras": {"per_task": extras} if any(extras) else {},
+        "extras": {"per_task": [_without_clusters(e) for e in extras]} if any(extras) else {},
     }
+    certificates = [e["certificate"] for e in extras if "certificate" in e]
+    if certificates:
+        # section 6: the last certificate in full (per cluster), beside the retrieval accuracy
+        results["certificate"] = {
+            **certificates[-1],
+            "task_retrieval_accuracy": results["metrics"].get("task_retrieval_accuracy"),
+            "certified_fraction_per_task": [c["certified_fraction"] for c in certificates]}
     if torch.cuda.is_available():
         results["peak_gpu_memory_mb"] = round(torch.cuda.max_memory_allocated() / 2**20, 1)
     return results

@@ -34,6 +34,7 @@ REPORT_FILE = "report.md"
 MATRIX_PLOT = "accuracy_matrix.png"
 CURVE_PLOT = "accuracy_curve.png"
 CONFUSION_PLOT = "retrieval_confusion.png"
+CERTIFICATE_PLOT = "certificate_delta.png"
 # Past this many tasks, per-cell numbers overlap and hide the heat-map they annotate.
 MAX_ANNOTATED_TASKS = 25
 MISSING = "—"
@@ -233,6 +234,43 @@ def _plot_confusion(confusion: np.ndarray, path: Path, title: str) -> None:
 # markdown
 
 
+def _plot_certificate(clusters: list[dict], path: Path, title: str) -> None:
+    """Separation delta of every cluster, grouped by task, against its certification threshold."""
+    fig, ax = plt.subplots(figsize=(7, 4))
+    colours = {"pass": "tab:green", "fail": "tab:red", "not applicable": "tab:gray"}
+    rng = np.random.default_rng(0)  # horizontal jitter only, so clusters of a task don't overlap
+    for status, colour in colours.items():
+        chosen = [c for c in clusters if c.get("status") == status]
+        if not chosen:
+            continue
+        x = np.array([c["task"] for c in chosen]) + rng.uniform(-0.25, 0.25, len(chosen))
+        ax.scatter(x, [c["delta"] for c in chosen], s=14, color=colour, label=f"delta ({status})")
+        thresholds = [(xi, c["threshold"]) for xi, c in zip(x, chosen)
+                      if c.get("threshold") is not None]
+        if thresholds:
+            tx, ty = zip(*thresholds)
+            ax.scatter(tx, ty, s=10, marker="_", color="black")
+    ax.scatter([], [], marker="_", color="black", label="threshold (2/d)·max(T1, T2)")
+    ax.set_xlabel("task")
+    ax.set_ylabel("separation delta")
+    ax.set_title(f"{title}: retrieval certificate")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    _save_figure(fig, path)
+
+
+def _certificate_md(certificate: dict) -> list[str]:
+    clusters = certificate.get("clusters") or []
+    if not clusters:
+        return [f"Certificate: {certificate.get('note', 'not computed')}."]
+    counts = {s: sum(c.get("status") == s for c in clusters) for s in ("pass", "fail",
+                                                                       "not applicable")}
+    return [f"Certified fraction {_percent(certificate.get('certified_fraction'))} of "
+            f"{len(clusters)} clusters ({counts['pass']} pass, {counts['fail']} fail, "
+            f"{counts['not applicable']} not applicable), beside a measured task-retrieval "
+            f"accuracy of {_percent(certificate.get('task_retrieval_accuracy'))}."]
+
+
 def _metrics_md(metrics: dict) -> list[str]:
     lines = ["| metric | value |", "|---|---:|"]
     for key, label in METRIC_LABELS.items():
@@ -330,6 +368,8 @@ def _report_md(results: dict, acc: np.ndarray, seen: np.ndarray, plots: list[Pat
             *_matrix_md(acc, seen),
             "",
         ]
+    if results.get("certificate"):
+        out += ["## Retrieval certificate", "", *_certificate_md(results["certificate"]), ""]
     timing = results.get("timing") or []
     if timing:
         out += ["## Timing (seconds)", "", *_timing_md(timing), ""]
@@ -384,6 +424,10 @@ def write_report(run_dir: Path, results: dict) -> list[Path]:
     if confusion.size:
         _plot_confusion(confusion, run_dir / CONFUSION_PLOT, title)
         plots.append(run_dir / CONFUSION_PLOT)
+    clusters = (results.get("certificate") or {}).get("clusters") or []
+    if clusters:
+        _plot_certificate(clusters, run_dir / CERTIFICATE_PLOT, title)
+        plots.append(run_dir / CERTIFICATE_PLOT)
 
     report = run_dir / REPORT_FILE
     _atomic_write(report, _report_md(results, acc, seen, plots).encode("utf-8"))

@@ -193,11 +193,7 @@ class Proteus(Learner):
             t0 = time.perf_counter()
             cert = certificate(self.signatures, shared_space=o.signature_space == "frozen")
             timing["certificate_s"] = time.perf_counter() - t0
-            extras["certificate"] = {"certified_fraction": cert["certified_fraction"],
-                                     "delta": [c["delta"] for c in cert["clusters"]],
-                                     "cluster_task": [c["task"] for c in cert["clusters"]],
-                                     "status": [c["status"] for c in cert["clusters"]],
-                                     **({"note": cert["note"]} if "note" in cert else {})}
+            extras["certificate"] = cert
         return extras
 
     def _train_units(self, task: Task, prefix: torch.Tensor | None, ctx: Context) -> None:
