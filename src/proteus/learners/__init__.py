@@ -1,6 +1,7 @@
 """Continual learners, registered by name."""
 
-from . import proteus, simplecil  # noqa: F401  (registers)
+from . import (  # noqa: F401  (registers)
+    inflora, o_lora, proteus, ranpac, s_prompts, sd_lora, seq_lora, simplecil)
 from .base import LEARNERS, Context, Learner, Prediction
 
 __all__ = ["LEARNERS", "Context", "Learner", "Prediction"]
