@@ -44,14 +44,21 @@ VARIANTS = {
     "simplecil": ["learner={name: simplecil}"],
     "proteus, alpha=0": ["learner.alpha=0"],
     "proteus, no orthogonality": ["learner.lambda_orth=0"],
-    "proteus, k-means signatures": ["learner.signature.kind=kmeans",
-                                    "learner.signature_stages=[]"],
+    "proteus, k-means signatures": ["learner.signature.kind=kmeans"],
     "proteus, adapted-space signatures": ["learner.signature_space=adapted",
                                           "learner.signature_stages=[]"],
     "proteus, frozen-space DP-GMM (paper signature)": [
         "learner.signature={kind: dpgmm, covariance: full, l2_normalize: false}",
         "learner.signature_stages=[]"],
     "proteus, no retrieval (last task's backbone)": ["learner.retrieval=none"],
+    # baselines (BASELINES.md), with the presets' training budget where they train units
+    "ranpac": ["learner={name: ranpac, proj_dim: 2048}"],
+    "seq-lora": ["learner={name: seq-lora, epochs: 3}"],
+    "joint-lora": ["learner={name: joint-lora, epochs: 3}"],
+    "o-lora": ["learner={name: o-lora, epochs: 3}"],
+    "inflora": ["learner={name: inflora, epochs: 3}"],
+    "sd-lora": ["learner={name: sd-lora, epochs: 3}"],
+    "s-prompts": ["learner={name: s-prompts, epochs: 3}"],
 }
 COLUMNS = [("final_accuracy", "final accuracy"),
            ("average_incremental_accuracy", "avg. incremental acc."),
