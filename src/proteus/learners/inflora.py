@@ -37,7 +37,7 @@ from pydantic import Field
 from torch import nn
 
 from .base import LEARNERS
-from .o_lora import LoRABaseline, LoRABaselineOptions
+from .lowrank import LoRABaseline, LoRABaselineOptions
 
 
 def complement_basis(memory: torch.Tensor) -> torch.Tensor:

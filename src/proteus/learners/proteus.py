@@ -21,7 +21,6 @@ frozen/adapted, ``retrieval`` sample/batch/oracle/none.
 
 from __future__ import annotations
 
-import contextlib
 import time
 from typing import Any, Literal
 
@@ -34,27 +33,19 @@ from ..data.base import LabeledData, take
 from ..data.scenario import Task
 from ..heads import RidgeHead
 from ..lora import LowRankPool
-from ..registry import Options
 from ..signatures import SignatureOptions, TaskSignatures, certificate, retrieve
-from .base import LEARNERS, Context, Learner, Prediction
+from .base import LEARNERS, Context, Prediction
+from .lowrank import LowRankLearner, LowRankOptions
 
 
-class ProteusOptions(Options):
-    # low-rank units (sections 1-2)
-    targets: list[str] | None = None  # regexes over layer names; None = the backbone's default
-    rank: int = Field(4, gt=0)
+class ProteusOptions(LowRankOptions):
+    # low-rank units (sections 1-2): targets, rank, scale (0.1: the authors' code scales the
+    # whole update by 0.1), init_std and the training recipe (epochs, batch_size, lr, grad_clip,
+    # augment) are LowRankOptions', with its defaults
     alpha: float = Field(0.3, ge=0)  # 0 = the "without pooling" ablation
-    scale: float = 0.1  # the authors' code scales the whole update by 0.1
-    init_std: float = 0.01
     lambda_orth: float = Field(0.004, ge=0)
     lambda_reg: float = Field(0.006, ge=0)
     train_adapters: bool = True  # False: frozen backbone for every task
-    # training
-    epochs: int = Field(5, ge=0)
-    batch_size: int = Field(32, gt=0)
-    lr: float = Field(1e-3, gt=0)
-    grad_clip: float = 1.0
-    augment: bool = False  # RandomResizedCrop + flip; off caches the frozen stages below the units
     # signatures and retrieval (sections 3-4)
     # reg_covar 1e-6 rather than section 4's 1e-4: the shared covariance is already
     # Ledoit-Wolf-shrunk, and on the vision preset 1e-4 cost ~0.7 points of retrieval [ours]
@@ -76,56 +67,23 @@ class ProteusOptions(Options):
 
 @LEARNERS.register("proteus", ProteusOptions,
                    "PROTEUS: composed low-rank units + Gaussian signatures + ridge head")
-class Proteus(Learner):
+class Proteus(LowRankLearner):
     options_model = ProteusOptions
 
     def __init__(self, options: ProteusOptions, backbone, seed: int = 0):
         super().__init__(options, backbone, seed)
         o = options
-        self.pool = (LowRankPool(backbone, o.targets, o.rank, o.alpha, o.scale, o.init_std)
-                     if o.train_adapters else None)
-        # stages below the first adapted layer are frozen: their output can be computed once
-        self.start = (backbone.first_stage(list(self.pool.layers)) if self.pool and not o.augment
-                      else 0)
         self.signatures = TaskSignatures(o.signature, seed)
         self.head = RidgeHead(backbone.embed_dim, o.proj_dim, seed)
         self.class_task = np.zeros(0, dtype=np.int64)  # task of each class position
         self.task_classes: list[list[int]] = []
 
-    def frozen_scope(self) -> contextlib.AbstractContextManager:
-        return self.pool.disabled() if self.pool else contextlib.nullcontext()
+    def _build_pool(self) -> LowRankPool | None:
+        o = self.options
+        return (LowRankPool(self.backbone, o.targets, o.rank, o.alpha, o.scale, o.init_std)
+                if o.train_adapters else None)
 
-    # -- embedding helpers ---------------------------------------------------------------
-    def _batches(self, n: int, size: int):
-        return (slice(i, min(i + size, n)) for i in range(0, n, size))
-
-    def _prefix(self, items, size: int) -> torch.Tensor | None:
-        """Output of the frozen stages below the first adapted layer (None when there are none)."""
-        if self.start == 0:
-            return None
-        with torch.inference_mode(), self.frozen_scope():
-            return torch.cat([self.backbone.run_stages(self.backbone.preprocess(items[b]), 0,
-                                                       self.start)
-                              for b in self._batches(len(items), size)])
-
-    def _embed(self, items, task: int | None, size: int, prefix: torch.Tensor | None = None,
-               index: np.ndarray | None = None) -> np.ndarray:
-        """Embeddings by task ``task``'s backbone h_task (None: the frozen backbone)."""
-        index = np.arange(len(items)) if index is None else index
-        out = []
-        scope = self.pool.using(task) if self.pool else contextlib.nullcontext()
-        with torch.inference_mode(), scope:
-            for b in self._batches(len(index), size):
-                rows = index[b]
-                if prefix is not None:
-                    x = prefix[torch.as_tensor(rows)]
-                    out.append(self.backbone.run_stages(x, self.start))
-                else:
-                    out.append(self.backbone(self.backbone.preprocess(take(items, rows))))
-        if not out:
-            return np.zeros((0, self.backbone.embed_dim), dtype=np.float32)
-        return torch.cat(out).float().cpu().numpy()
-
+    # -- signature features (frozen_scope, _batches, _prefix, _embed: LowRankLearner's) --
     def _signature_features(self, data: LabeledData, ctx: Context) -> np.ndarray:
         """Frozen features for the signatures: the embedding, plus pooled stage outputs."""
         stages = self.options.signature_stages
@@ -201,33 +159,20 @@ class Proteus(Learner):
         k = self.tasks_learned
         params = self.pool.begin_task(self.seed * 1000 + k)
         classes = np.asarray(task.classes)
-        local = torch.as_tensor(np.searchsorted(classes, task.train.labels))
-        gen = torch.Generator().manual_seed(self.seed * 1000 + k)
         temp_head = nn.Linear(self.backbone.embed_dim, len(classes)).to(self.backbone.device)
-        optimiser = torch.optim.Adam([*params, *temp_head.parameters()], lr=o.lr)
-        items = task.train.items
-        n = len(local)
         has_pool = self.pool.num_tasks > 0
-        for _ in range(o.epochs):
-            order = torch.randperm(n, generator=gen)
-            for b in self._batches(n, o.batch_size):
-                rows = order[b]
-                if prefix is not None:
-                    x = prefix[rows].clone()
-                else:
-                    x = self.backbone.preprocess(take(items, rows.numpy()), train=o.augment,
-                                                 generator=gen)
-                feats = self.backbone.run_stages(x, self.start)
-                loss = nn.functional.cross_entropy(temp_head(feats), local[rows].to(feats.device))
-                if o.lambda_orth and has_pool:
-                    loss = loss + o.lambda_orth * self.pool.orthogonality()
-                if o.lambda_reg and has_pool:
-                    loss = loss + o.lambda_reg * self.pool.transfer_penalty()
-                optimiser.zero_grad(set_to_none=True)
-                loss.backward()
-                if o.grad_clip:
-                    torch.nn.utils.clip_grad_norm_(params, o.grad_clip)
-                optimiser.step()
+
+        def penalties() -> list[torch.Tensor]:
+            terms = []
+            if o.lambda_orth and has_pool:
+                terms.append(o.lambda_orth * self.pool.orthogonality())
+            if o.lambda_reg and has_pool:
+                terms.append(o.lambda_reg * self.pool.transfer_penalty())
+            return terms
+
+        self._fit(params, temp_head, task.train.items,
+                  np.searchsorted(classes, task.train.labels), prefix, self.seed * 1000 + k,
+                  extra_loss=penalties)
         self.pool.end_task()  # the temporary head is discarded (section 5)
 
     # -- prediction ----------------------------------------------------------------------

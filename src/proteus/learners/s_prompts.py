@@ -32,16 +32,16 @@ from ..data.base import LabeledData
 from ..data.scenario import Task
 from ..signatures import SignatureOptions, TaskSignatures, retrieve
 from .base import LEARNERS, Context, Prediction
-from .seq_lora import LoRALearner, LoRAOptions
+from .lowrank import LowRankLearner, LowRankOptions
 
 
-class SPromptsOptions(LoRAOptions):
+class SPromptsOptions(LowRankOptions):
     kmeans_k: int = Field(5, gt=0)  # centroids per task
 
 
 @LEARNERS.register("s-prompts", SPromptsOptions,
                    "S-Prompts (LoRA form): independent units + head per task, k-means retrieval")
-class SPrompts(LoRALearner):
+class SPrompts(LowRankLearner):
     options_model = SPromptsOptions
     alpha = 0.0  # no transfer between tasks' units
 
@@ -111,5 +111,5 @@ class SPrompts(LoRALearner):
     def parameter_counts(self) -> dict[str, int]:
         counts = super().parameter_counts()
         head = sum(p.numel() for p in self.heads[-1].parameters()) if self.heads else 0
-        counts["trained_per_task"] = self._unit_count() + head
+        counts["trained_per_task"] = self._trained_unit_parameters() + head
         return counts

@@ -35,7 +35,7 @@ from torch import nn
 
 from ..lora import LowRankLayer
 from .base import LEARNERS
-from .o_lora import LoRABaseline, LoRABaselineOptions
+from .lowrank import LoRABaseline, LoRABaselineOptions
 
 
 class SDLoRALayer(LowRankLayer):

@@ -3,9 +3,10 @@
 Neither is from one paper; both are the usual reference points of LoRA-based continual
 fine-tuning (e.g. InfLoRA, Liang & Li, CVPR 2024; SD-LoRA, Wu et al., ICLR 2025, report both).
 The low-rank units are PROTEUS's (``proteus.lora.LowRankPool``, same ``targets``, ``rank``,
-``scale``, ``init_std``), trained with the same recipe (Adam, ``lr``, ``epochs``, ``batch_size``,
-gradient-norm clip ``grad_clip`` on the units, optional ``augment``), so the table compares
-methods, not training recipes. Choices where there is no paper to follow [ours]:
+``scale``, ``init_std``), trained with the same recipe and loop (``LowRankLearner._fit``: Adam,
+``lr``, ``epochs``, ``batch_size``, gradient-norm clip ``grad_clip`` on the units, optional
+``augment``), so the table compares methods, not training recipes. Choices where there is no
+paper to follow [ours]:
 
 ``seq-lora``
     One set of r units per adapted layer, created once (``begin_task`` on the first task and
@@ -27,107 +28,25 @@ Both predict by argmax of the head over all seen classes on the adapted embeddin
 
 from __future__ import annotations
 
-import contextlib
 from typing import Any
 
 import numpy as np
 import torch
-from pydantic import Field
 from torch import nn
 
-from ..data.base import LabeledData, stack, take
+from ..data.base import LabeledData, stack
 from ..data.scenario import Task
-from ..lora import LowRankPool
-from ..registry import Options
-from .base import LEARNERS, Context, Learner, Prediction
-from .proteus import Proteus
+from .base import LEARNERS, Context, Prediction
+from .lowrank import LowRankLearner, LowRankOptions
 
 
-class LoRAOptions(Options):
-    """The low-rank units and training options every LoRA baseline shares (ProteusOptions' names
-    and defaults)."""
-
-    targets: list[str] | None = None  # regexes over layer names; None = the backbone's default
-    rank: int = Field(4, gt=0)
-    scale: float = 0.1
-    init_std: float = 0.01
-    epochs: int = Field(5, ge=0)
-    batch_size: int = Field(32, gt=0)
-    lr: float = Field(1e-3, gt=0)
-    grad_clip: float = 1.0
-    augment: bool = False  # RandomResizedCrop + flip; off caches the frozen stages below the units
-
-
-class LoRALearner(Learner):
-    """Common machinery: a LowRankPool on the backbone, cached frozen stages, a CE training loop.
-
-    The embedding helpers are PROTEUS's own (``_batches``, ``_prefix``, ``_embed``), reused as is.
-    """
-
-    options_model = LoRAOptions
-    alpha = 0.0  # transfer weight over pool units; these baselines never use the transfer
-
-    def __init__(self, options: LoRAOptions, backbone, seed: int = 0):
-        super().__init__(options, backbone, seed)
-        o = options
-        self.pool = LowRankPool(backbone, o.targets, o.rank, self.alpha, o.scale, o.init_std)
-        self.start = backbone.first_stage(list(self.pool.layers)) if not o.augment else 0
-
-    def frozen_scope(self) -> contextlib.AbstractContextManager:
-        return self.pool.disabled()
-
-    _batches = Proteus._batches
-    _prefix = Proteus._prefix
-    _embed = Proteus._embed
-
-    def _unit_count(self) -> int:
-        """Trained unit parameters of one task (A_new, B_new; the transfer weights are unused)."""
-        return sum(layer.rank * (layer.in_features + layer.out_features)
-                   for layer in self.pool.layers.values())
-
-    def _new_head(self, out_dim: int, seed: int) -> nn.Linear:
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(seed)
-            head = nn.Linear(self.backbone.embed_dim, out_dim)
-        return head.to(self.backbone.device)
-
-    def _fit(self, units: list[nn.Parameter], head: nn.Module, items, targets: np.ndarray,
-             prefix: torch.Tensor | None, seed: int) -> float | None:
-        """Train ``units`` + ``head`` with CE on ``targets`` (head output positions); the units
-        must be the pool's active ones. Returns the mean loss of the last epoch (None: none)."""
-        o = self.options
-        gen = torch.Generator().manual_seed(seed)
-        labels = torch.as_tensor(targets, dtype=torch.long)
-        optimiser = torch.optim.Adam([*units, *head.parameters()], lr=o.lr)
-        n, last = len(labels), None
-        for _ in range(o.epochs):
-            order, losses = torch.randperm(n, generator=gen), []
-            for b in self._batches(n, o.batch_size):
-                rows = order[b]
-                if prefix is not None:
-                    x = prefix[rows].clone()
-                else:
-                    x = self.backbone.preprocess(take(items, rows.numpy()), train=o.augment,
-                                                 generator=gen)
-                feats = self.backbone.run_stages(x, self.start)
-                loss = nn.functional.cross_entropy(head(feats), labels[rows].to(feats.device))
-                optimiser.zero_grad(set_to_none=True)
-                loss.backward()
-                if o.grad_clip:
-                    torch.nn.utils.clip_grad_norm_(units, o.grad_clip)
-                optimiser.step()
-                losses.append(loss.detach())
-            last = float(torch.stack(losses).mean()) if losses else last
-        return last
-
-
-class SeqLoRAOptions(LoRAOptions):
+class SeqLoRAOptions(LowRankOptions):
     pass
 
 
 @LEARNERS.register("seq-lora", SeqLoRAOptions,
                    "one LoRA trained on task after task, growing head (forgetting lower bound)")
-class SeqLoRA(LoRALearner):
+class SeqLoRA(LowRankLearner):
     """See the module docstring."""
 
     options_model = SeqLoRAOptions
@@ -213,7 +132,7 @@ class SeqLoRA(LoRALearner):
 
     def parameter_counts(self) -> dict[str, int]:
         counts = super().parameter_counts()
-        units = self._unit_count()
+        units = self._trained_unit_parameters()
         head = sum(p.numel() for p in self.head.parameters()) if self.head is not None else 0
         counts["trained_per_task"] = units + head
         return counts

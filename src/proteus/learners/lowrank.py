@@ -1,0 +1,334 @@
+"""What every low-rank learner shares: options, the unit pool on the backbone, the cached frozen
+stages, the embedding helpers and the one training loop.
+
+* :class:`LowRankOptions` / :class:`LowRankLearner`: the low-rank units (``targets``, ``rank``,
+  ``scale``, ``init_std``) and the training recipe (Adam with ``lr``, ``epochs`` over
+  ``batch_size`` batches, gradient-norm clip ``grad_clip``, optional ``augment``) used by PROTEUS
+  and by every LoRA baseline, so that tables compare methods, not training recipes. The defaults
+  are PROTEUS's; a learner overrides a field where its own default differs.
+* :class:`LoRABaselineOptions` / :class:`UnitPool` / :class:`LoRABaseline`: what the three
+  merged-LoRA baselines (o-lora, inflora, sd-lora) share on top: one backbone whose low-rank
+  updates are summed over tasks, a growing linear head, the task loop with its hooks, saving.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from typing import Any, Callable, Iterable, Literal
+
+import numpy as np
+import torch
+from pydantic import Field
+from torch import nn
+
+from ..data.base import LabeledData, take
+from ..data.scenario import Task
+from ..lora import LowRankLayer, LowRankPool
+from ..registry import Options
+from .base import Context, Learner, Prediction
+
+
+class LowRankOptions(Options):
+    """The low-rank units and training options every low-rank learner shares (PROTEUS's names
+    and defaults)."""
+
+    targets: list[str] | None = None  # regexes over layer names; None = the backbone's default
+    rank: int = Field(4, gt=0)
+    scale: float = 0.1  # the PROTEUS authors' code scales the whole update by 0.1
+    init_std: float = 0.01
+    epochs: int = Field(5, ge=0)
+    batch_size: int = Field(32, gt=0)
+    lr: float = Field(1e-3, gt=0)
+    grad_clip: float = 1.0
+    augment: bool = False  # RandomResizedCrop + flip; off caches the frozen stages below the units
+
+
+class LowRankLearner(Learner):
+    """A low-rank unit pool on the backbone, cached frozen stages, embedding helpers and the
+    training loop (:meth:`_fit`).
+
+    ``self.pool`` is built by :meth:`_build_pool` (a :class:`LowRankPool` with transfer weight
+    ``alpha``, or None for no units); ``self.start`` is the first stage that sees an adapted
+    layer (0 with ``augment``: augmented inputs cannot reuse cached stages).
+    """
+
+    options_model = LowRankOptions
+    alpha = 0.0  # transfer weight over pool units; the baselines never use the transfer
+
+    def __init__(self, options: LowRankOptions, backbone, seed: int = 0):
+        super().__init__(options, backbone, seed)
+        self.pool: LowRankPool | None = self._build_pool()
+        # stages below the first adapted layer are frozen: their output can be computed once
+        self.start = (backbone.first_stage(list(self.pool.layers))
+                      if self.pool is not None and not options.augment else 0)
+
+    def _build_pool(self) -> LowRankPool | None:
+        o = self.options
+        return LowRankPool(self.backbone, o.targets, o.rank, self.alpha, o.scale, o.init_std)
+
+    def frozen_scope(self) -> contextlib.AbstractContextManager:
+        return self.pool.disabled() if self.pool else contextlib.nullcontext()
+
+    # -- embedding helpers ---------------------------------------------------------------
+    def _batches(self, n: int, size: int):
+        return (slice(i, min(i + size, n)) for i in range(0, n, size))
+
+    def _prefix(self, items, size: int) -> torch.Tensor | None:
+        """Output of the frozen stages below the first adapted layer (None when there are none)."""
+        if self.start == 0:
+            return None
+        with torch.inference_mode(), self.frozen_scope():
+            return torch.cat([self.backbone.run_stages(self.backbone.preprocess(items[b]), 0,
+                                                       self.start)
+                              for b in self._batches(len(items), size)])
+
+    def _embed(self, items, task: int | str | None, size: int,
+               prefix: torch.Tensor | None = None, index: np.ndarray | None = None) -> np.ndarray:
+        """Embeddings by task ``task``'s backbone h_task ("train": the units being trained;
+        None: the frozen backbone)."""
+        index = np.arange(len(items)) if index is None else index
+        out = []
+        scope = self.pool.using(task) if self.pool else contextlib.nullcontext()
+        with torch.inference_mode(), scope:
+            for b in self._batches(len(index), size):
+                rows = index[b]
+                if prefix is not None:
+                    x = prefix[torch.as_tensor(rows)]
+                    out.append(self.backbone.run_stages(x, self.start))
+                else:
+                    out.append(self.backbone(self.backbone.preprocess(take(items, rows))))
+        if not out:
+            return np.zeros((0, self.backbone.embed_dim), dtype=np.float32)
+        return torch.cat(out).float().cpu().numpy()
+
+    # -- training ------------------------------------------------------------------------
+    def _new_head(self, out_dim: int, seed: int) -> nn.Linear:
+        """A linear head over the embedding, initialised from ``seed`` (global RNG untouched)."""
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            head = nn.Linear(self.backbone.embed_dim, out_dim)
+        return head.to(self.backbone.device)
+
+    def _fit(self, params: list[nn.Parameter], head: nn.Module, items, targets: np.ndarray,
+             prefix: torch.Tensor | None, seed: int,
+             extra_loss: Callable[[], Iterable[torch.Tensor]] | None = None,
+             clip_head: bool = False) -> float | None:
+        """Train ``params`` + ``head`` with CE of ``head(features)`` on ``targets`` (head output
+        positions), plus each term ``extra_loss()`` returns, added in order.
+
+        ``params`` must be what the active units train (the pool on "train"). Adam with ``lr``
+        over ``params`` and the head's parameters; the gradient norm is clipped at ``grad_clip``
+        over ``params`` (and the head's parameters too with ``clip_head``). One generator seeded
+        with ``seed`` draws the epoch orders and, with ``augment``, the augmentations; without
+        ``augment`` the batches come from ``prefix`` (the cached frozen stages) when there is
+        one. Returns the mean loss of the last epoch (None: no epoch ran).
+        """
+        o = self.options
+        gen = torch.Generator().manual_seed(seed)
+        labels = torch.as_tensor(targets, dtype=torch.long)
+        trained = [*params, *head.parameters()]
+        clipped = trained if clip_head else params
+        optimiser = torch.optim.Adam(trained, lr=o.lr)
+        n, last = len(labels), None
+        for _ in range(o.epochs):
+            order, losses = torch.randperm(n, generator=gen), []
+            for b in self._batches(n, o.batch_size):
+                rows = order[b]
+                if prefix is not None:
+                    x = prefix[rows].clone()
+                else:
+                    x = self.backbone.preprocess(take(items, rows.numpy()), train=o.augment,
+                                                 generator=gen)
+                feats = self.backbone.run_stages(x, self.start)
+                loss = nn.functional.cross_entropy(head(feats), labels[rows].to(feats.device))
+                if extra_loss is not None:
+                    for term in extra_loss():
+                        loss = loss + term
+                optimiser.zero_grad(set_to_none=True)
+                loss.backward()
+                if o.grad_clip:
+                    torch.nn.utils.clip_grad_norm_(clipped, o.grad_clip)
+                optimiser.step()
+                losses.append(loss.detach())
+            last = float(torch.stack(losses).mean()) if losses else last
+        return last
+
+    def _trained_unit_parameters(self) -> int:
+        """Trained unit parameters of one task (A_new, B_new; no transfer weights)."""
+        return sum(layer.rank * (layer.in_features + layer.out_features)
+                   for layer in self.pool.layers.values())
+
+
+# -- shared by the merged-LoRA baselines (o-lora, inflora, sd-lora) ----------------------------
+class LoRABaselineOptions(LowRankOptions):
+    # 1.0: the baselines' own code adds B A x unscaled (PROTEUS's 0.1 is its authors' choice)
+    scale: float = 1.0
+    # "seen": CE over every class seen so far, every head row trains; "current": CE over the
+    # current task's classes only, older rows frozen (InfLoRA / SD-LoRA code: one head per task)
+    head_loss: Literal["seen", "current"] = "seen"
+
+
+class UnitPool(LowRankPool):
+    """A :class:`LowRankPool` whose layers are ``layer_cls`` and whose stored units all count
+    fully (alpha 1): with every stored transfer weight at 1, task t's update is the sum of the
+    updates of tasks 0..t, i.e. one merged model."""
+
+    def __init__(self, backbone: nn.Module, targets: list[str] | None, rank: int, scale: float,
+                 init_std: float, layer_cls: type[LowRankLayer] = LowRankLayer):
+        self.backbone = backbone
+        self.layers: dict[str, LowRankLayer] = {}
+        for name, module in backbone.target_layers(targets).items():
+            layer = layer_cls(module, rank, 1.0, scale, init_std)
+            backbone.set_submodule(name, layer)
+            self.layers[name] = layer
+
+    def begin_summed_task(self, seed: int) -> None:
+        """New units for every layer; earlier units fixed at weight 1 (not trained)."""
+        self.begin_task(seed)
+        for layer in self.layers.values():
+            layer.w.requires_grad_(False)
+            with torch.no_grad():
+                layer.w.fill_(1.0)
+
+
+class _HeadRows(nn.Module):
+    """The growing head (weight: class x embed, bias) as trainable copies; with ``rows``, the
+    logits are those of the given classes only."""
+
+    def __init__(self, weight: torch.Tensor, bias: torch.Tensor, rows: torch.Tensor | None):
+        super().__init__()
+        self.weight = nn.Parameter(weight.clone())
+        self.bias = nn.Parameter(bias.clone())
+        self.rows = rows
+
+    def forward(self, feats: torch.Tensor) -> torch.Tensor:
+        if self.rows is None:
+            return feats @ self.weight.T + self.bias
+        return feats @ self.weight[self.rows].T + self.bias[self.rows]
+
+
+class LoRABaseline(LowRankLearner):
+    """One backbone whose low-rank updates are summed over tasks + a growing linear head.
+
+    Subclasses set up a task's units in :meth:`_begin_task` (returning the trainable unit
+    parameters), may add loss terms in :meth:`_penalty`, and finish in :meth:`_end_task`.
+    """
+
+    options_model = LoRABaselineOptions
+    layer_cls: type[LowRankLayer] = LowRankLayer
+
+    def __init__(self, options: LoRABaselineOptions, backbone, seed: int = 0):
+        super().__init__(options, backbone, seed)
+        device = backbone.device
+        self.head_w = torch.zeros(0, backbone.embed_dim, device=device)  # class x embed
+        self.head_b = torch.zeros(0, device=device)
+        self.task_classes: list[list[int]] = []
+
+    def _build_pool(self) -> UnitPool:
+        o = self.options
+        return UnitPool(self.backbone, o.targets, o.rank, o.scale, o.init_std, self.layer_cls)
+
+    # -- hooks ---------------------------------------------------------------------------------
+    def _begin_task(self, task: Task, ctx: Context, prefix: torch.Tensor | None,
+                    extras: dict[str, Any]) -> list[nn.Parameter]:
+        raise NotImplementedError
+
+    def _penalty(self) -> torch.Tensor | None:
+        """One term added to each batch's loss (None: none)."""
+        return None
+
+    def _end_task(self, task: Task, ctx: Context, prefix: torch.Tensor | None,
+                  extras: dict[str, Any]) -> None:
+        self.pool.end_task()
+
+    # -- learning ------------------------------------------------------------------------------
+    def learn_task(self, task: Task, ctx: Context) -> dict[str, Any]:
+        t0 = time.perf_counter()
+        prefix = self._prefix(task.train.items, ctx.batch_size)
+        extras: dict[str, Any] = {}
+        params = self._begin_task(task, ctx, prefix, extras)
+        self._grow_head(task)
+        self._train(task, prefix, params)
+        self._end_task(task, ctx, prefix, extras)
+        self.task_classes.append(list(task.classes))
+        self.num_classes = len(self.head_b)
+        self.tasks_learned += 1
+        extras["timing"] = {"train_units_s": time.perf_counter() - t0}
+        return extras
+
+    def _grow_head(self, task: Task) -> None:
+        top = max(task.classes) + 1
+        old = len(self.head_b)
+        if top <= old:
+            return
+        d = self.backbone.embed_dim
+        gen = torch.Generator().manual_seed(self.seed * 1000 + self.tasks_learned)
+        bound = 1.0 / np.sqrt(d)  # nn.Linear's default range
+        rows = (torch.rand(top - old, d, generator=gen) * 2 - 1) * bound
+        self.head_w = torch.cat([self.head_w, rows.to(self.head_w.device)])
+        self.head_b = torch.cat([self.head_b, self.head_b.new_zeros(top - old)])
+
+    def _train(self, task: Task, prefix: torch.Tensor | None,
+               params: list[nn.Parameter]) -> None:
+        """The units + the whole head (every row, clipped with the units), CE over every seen
+        class ("seen") or over the current task's classes, other rows kept ("current")."""
+        device = self.head_w.device
+        current = self.options.head_loss == "current"
+        classes = torch.as_tensor(task.classes, device=device)
+        head = _HeadRows(self.head_w, self.head_b, classes if current else None)
+        labels = task.train.labels
+        targets = np.searchsorted(np.asarray(task.classes), labels) if current else labels
+
+        def penalty() -> list[torch.Tensor]:
+            term = self._penalty()
+            return [] if term is None else [term]
+
+        self._fit(params, head, task.train.items, targets, prefix,
+                  self.seed * 1000 + self.tasks_learned, extra_loss=penalty, clip_head=True)
+        W, b = head.weight, head.bias
+        if current:  # other tasks' rows were outside the loss; keep them bit for bit
+            others = torch.ones(len(self.head_b), dtype=torch.bool, device=device)
+            others[classes] = False
+            with torch.no_grad():
+                W[others] = self.head_w[others]
+                b[others] = self.head_b[others]
+        self.head_w, self.head_b = W.detach(), b.detach()
+
+    # -- prediction ----------------------------------------------------------------------------
+    def logits(self, data: LabeledData, ctx: Context) -> torch.Tensor:
+        prefix = self._prefix(data.items, ctx.batch_size)
+        h = self._embed(data.items, self.tasks_learned - 1, ctx.batch_size, prefix)
+        h = torch.as_tensor(h, device=self.head_w.device)
+        return h @ self.head_w.T + self.head_b
+
+    def predict(self, data: LabeledData, ctx: Context) -> Prediction:
+        if self.tasks_learned == 0:
+            return Prediction(classes=np.zeros(len(data), dtype=np.int64))
+        return Prediction(classes=self.logits(data, ctx).argmax(1).cpu().numpy())
+
+    # -- state ---------------------------------------------------------------------------------
+    def state(self):
+        tensors, lora_meta = self.pool.state()
+        tensors = {**tensors, "head.weight": self.head_w, "head.bias": self.head_b}
+        meta = {"tasks_learned": self.tasks_learned, "num_classes": self.num_classes,
+                "task_classes": self.task_classes, "lora": lora_meta}
+        return tensors, meta
+
+    def load_state(self, tensors, meta) -> None:
+        device = self.backbone.device
+        self.tasks_learned = int(meta["tasks_learned"])
+        self.num_classes = int(meta["num_classes"])
+        self.task_classes = [list(c) for c in meta["task_classes"]]
+        self.head_w = tensors["head.weight"].to(device)
+        self.head_b = tensors["head.bias"].to(device)
+        self.pool.load_state(tensors, meta["lora"])
+
+    def parameter_counts(self) -> dict[str, int]:
+        counts = super().parameter_counts()
+        if self.task_classes:
+            rows = (len(self.task_classes[-1]) if self.options.head_loss == "current"
+                    else self.num_classes)
+            counts["trained_per_task"] = (self._trained_unit_parameters()
+                                          + rows * (self.backbone.embed_dim + 1))
+        return counts
