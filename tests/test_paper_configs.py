@@ -4,7 +4,6 @@ the tiny ViT in place of ViT-B/16 (the real runs need a GPU and the datasets).""
 from __future__ import annotations
 
 import json
-import pickle
 from pathlib import Path
 
 import numpy as np
@@ -13,6 +12,8 @@ from PIL import Image
 
 import proteus
 from proteus.config import load_config
+
+from fixture_data import cifar_folder
 
 PAPER = Path(__file__).resolve().parent.parent / "configs" / "paper"
 PRESETS = sorted(PAPER.glob("*.yaml"))
@@ -50,24 +51,8 @@ def _image_folder(root: Path, classes: int = 4, per_class: int = 6) -> Path:
     return root
 
 
-def _cifar_folder(root: Path, classes: int = 4) -> Path:
-    rng = np.random.default_rng(1)
-    root.mkdir(parents=True)
-    names = [f"class{c}".encode() for c in range(classes)]
-    with open(root / "meta", "wb") as fh:
-        pickle.dump({b"fine_label_names": names, b"coarse_label_names": [b"all"]}, fh)
-    for split, n in (("train", 6), ("test", 3)):
-        labels = [c for c in range(classes) for _ in range(n)]
-        data = rng.integers(0, 256, size=(len(labels), 3072), dtype=np.uint8)
-        with open(root / split, "wb") as fh:
-            pickle.dump({b"data": data, b"fine_labels": labels,
-                         b"coarse_labels": [0] * len(labels),
-                         b"filenames": [b"x.png"] * len(labels)}, fh)
-    return root
-
-
 @pytest.mark.parametrize("stem,make", [("imagenet-r-10t", _image_folder),
-                                       ("cifar100-10t", _cifar_folder)])
+                                       ("cifar100-10t", cifar_folder)])
 def test_paper_preset_runs_on_fixture_data(tmp_path, stem, make):
     root = make(tmp_path / "data")
     config = load_config(PAPER / f"{stem}.yaml",

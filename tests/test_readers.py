@@ -862,3 +862,229 @@ def test_cifar100_refuses_other_globals(tmp_path):
         read_cifar100(CIFAR100Options(root=str(tmp_path)))
     msg = str(err.value)
     assert str(tmp_path / "meta") in msg and "collections.OrderedDict" in msg
+
+
+# --------------------------------------------------------------------------------------------
+# VTAB folders (RanPAC / APER / PILOT layout) and CUB-200-2011
+
+from proteus.data.readers import (  # noqa: E402  (appended section)
+    CUB200Options,
+    VTABOptions,
+    read_cub200,
+    read_vtab,
+)
+
+
+def write_vtab(root: Path, datasets: dict[str, dict[str, tuple[int, int]]]) -> Path:
+    """``datasets``: name -> class -> (train images, test images), written as
+    root/<name>/{train,test}/<class>/<i>.jpg (``name`` "" writes root/{train,test}/ directly)."""
+    from PIL import Image
+
+    for name, classes in datasets.items():
+        for cls, counts in classes.items():
+            for part, n in zip(("train", "test"), counts):
+                folder = root / name / part / cls
+                folder.mkdir(parents=True, exist_ok=True)
+                for i in range(n):
+                    Image.new("RGB", (6, 6), (i * 30, 0, 0)).save(folder / f"{i}.jpg")
+    return root
+
+
+def test_vtab_is_registered():
+    assert {"vtab", "cub-200"} <= set(DATASETS.names())
+
+
+def test_vtab_multi_dataset_layout(tmp_path):
+    root = write_vtab(tmp_path / "vtab", {
+        "resisc45": {"airport": (2, 1), "beach": (1, 1)},
+        "eurosat": {"forest": (3, 2), "river": (2, 1)},
+    })
+    (root / ".cache").mkdir()  # hidden folders are not datasets
+    d = read_vtab(VTABOptions(root=str(root)))
+    assert d.class_names == ["eurosat/forest", "eurosat/river", "resisc45/airport",
+                             "resisc45/beach"]
+    assert d.modality == "image" and d.source == "vtab:vtab"
+    assert len(d) == 13
+    assert all(isinstance(p, str) and Path(p).is_file() for p in d.items)
+    counts = collections.Counter(zip(d.labels.tolist(), d.official_split.tolist()))
+    assert counts == {(0, 0): 3, (0, 1): 2, (1, 0): 2, (1, 1): 1,
+                      (2, 0): 2, (2, 1): 1, (3, 0): 1, (3, 1): 1}
+    for item, label, split in zip(d.items, d.labels, d.official_split):
+        dataset, cls = d.class_names[label].split("/")
+        assert Path(item).parent == root / dataset / ("train", "test")[split] / cls
+
+
+def test_vtab_dataset_selection_and_order(tmp_path):
+    root = write_vtab(tmp_path / "vtab", {
+        "eurosat": {"forest": (1, 1)},
+        "pets": {"abyssinian": (1, 1), "beagle": (1, 1)},
+        "dtd": {"banded": (1, 1)},
+    })
+    d = read_vtab(VTABOptions(root=str(root), datasets=["pets", "eurosat"]))
+    assert d.class_names == ["pets/abyssinian", "pets/beagle", "eurosat/forest"]
+    assert not any("/dtd/" in p for p in d.items)
+    labels_by_path = {Path(p).parent.name: int(y) for p, y in zip(d.items, d.labels)}
+    assert labels_by_path == {"abyssinian": 0, "beagle": 1, "forest": 2}
+
+
+def test_vtab_single_dataset_layout(tmp_path):
+    root = write_vtab(tmp_path / "eurosat", {"": {"forest": (2, 1), "river": (1, 2)}})
+    d = read_vtab(VTABOptions(root=str(root)))
+    assert d.class_names == ["eurosat/forest", "eurosat/river"]
+    assert d.official_split.tolist().count(0) == 3 and d.official_split.tolist().count(1) == 3
+    # a class present only in test is still a class (union of both sides)
+    write_vtab(root, {"": {"sea": (0, 1)}})
+    (root / "train" / "sea").rmdir()
+    d = read_vtab(VTABOptions(root=str(root), datasets=["eurosat"]))
+    assert d.class_names[-1] == "eurosat/sea"
+
+
+def test_vtab_config_validation():
+    with pytest.raises(ConfigError, match="datasets"):
+        DATASETS.build("vtab", {"root": "x", "datasets": []})
+    with pytest.raises(ConfigError, match="root"):
+        DATASETS.build("vtab", {})
+
+
+@pytest.mark.parametrize("case", ["missing", "empty", "no-split", "unknown", "twice",
+                                  "single-renamed", "empty-class", "no-classes"])
+def test_vtab_errors_name_the_folder_and_layout(tmp_path, case):
+    root = tmp_path / "vtab"
+    datasets = None
+    if case != "missing":
+        root.mkdir()
+    if case in ("no-split", "unknown", "twice", "empty-class", "no-classes"):
+        write_vtab(root, {"eurosat": {"forest": (1, 1)}})
+    culprit = root
+    if case == "no-split":
+        (root / "pets" / "train").mkdir(parents=True)  # no test/ beside it
+        culprit = root / "pets"
+    elif case == "unknown":
+        datasets = ["eurosat", "svhn"]
+    elif case == "twice":
+        datasets = ["eurosat", "eurosat"]
+    elif case == "single-renamed":
+        root = write_vtab(tmp_path / "eurosat", {"": {"forest": (1, 1)}})
+        culprit, datasets = root, ["pets"]
+    elif case == "empty-class":
+        (root / "eurosat" / "test" / "river").mkdir()
+        culprit = root / "eurosat" / "test" / "river"
+    elif case == "no-classes":
+        (root / "pets" / "train").mkdir(parents=True)
+        (root / "pets" / "test").mkdir()
+        culprit = root / "pets" / "train"
+    with pytest.raises(DataError) as err:
+        read_vtab(VTABOptions(root=str(root), datasets=datasets))
+    msg = str(err.value)
+    assert msg.startswith(str(culprit) + ":"), msg
+    if case != "twice":
+        assert "expected root/<dataset>/{train,test}/<class>/<image>" in msg
+    if case == "unknown":
+        assert "svhn" in msg and "eurosat" in msg
+
+
+def write_cub(root: Path, classes=("001.Black_footed_Albatross", "002.Laysan_Albatross",
+                                   "003.Sooty_Albatross"),
+              images=None, write_images: bool = True) -> Path:
+    """The CUB_200_2011 release layout; ``images``: (id, class id, is_train) per image."""
+    from PIL import Image
+
+    if images is None:
+        images = [(i, (i - 1) % len(classes) + 1, int(i % 3 != 0)) for i in range(1, 13)]
+    root.mkdir(parents=True, exist_ok=True)
+    (root / "classes.txt").write_text("".join(f"{i} {c}\n" for i, c in enumerate(classes, 1)))
+    lines = {"images.txt": [], "image_class_labels.txt": [], "train_test_split.txt": []}
+    for image_id, class_id, is_train in images:
+        rel = f"{classes[class_id - 1]}/{classes[class_id - 1].split('.')[1]}_{image_id:04d}.jpg"
+        lines["images.txt"].append(f"{image_id} {rel}\n")
+        lines["image_class_labels.txt"].append(f"{image_id} {class_id}\n")
+        lines["train_test_split.txt"].append(f"{image_id} {is_train}\n")
+        if write_images:
+            (root / "images" / rel).parent.mkdir(parents=True, exist_ok=True)
+            Image.new("RGB", (6, 6)).save(root / "images" / rel)
+    for name, text in lines.items():
+        (root / name).write_text("".join(text))
+    return root
+
+
+def test_cub200_reads_the_release_layout(tmp_path):
+    root = write_cub(tmp_path / "CUB_200_2011")
+    d = read_cub200(CUB200Options(root=str(root)))
+    assert d.class_names == ["Black_footed_Albatross", "Laysan_Albatross", "Sooty_Albatross"]
+    assert len(d) == 12 and d.source == "cub-200" and d.modality == "image"
+    assert d.labels.tolist() == [(i - 1) % 3 for i in range(1, 13)]
+    # train_test_split.txt: 1 = train -> official_split 0; 0 = test -> 1
+    assert d.official_split.tolist() == [0 if i % 3 else 1 for i in range(1, 13)]
+    assert d.items[0] == str(root / "images" / "001.Black_footed_Albatross"
+                             / "Black_footed_Albatross_0001.jpg")
+    assert all(Path(p).is_file() for p in d.items)
+
+
+def test_cub200_orders_by_numeric_id_and_class_id(tmp_path):
+    root = write_cub(tmp_path / "cub", images=[(10, 2, 1), (2, 1, 0), (1, 2, 1)])
+    # shuffle the lines of every index file: order comes from the ids, not the lines
+    for name in ("images.txt", "image_class_labels.txt", "train_test_split.txt"):
+        path = root / name
+        path.write_text("".join(reversed(path.read_text().splitlines(keepends=True))))
+    d = read_cub200(CUB200Options(root=str(root)))
+    assert [Path(p).stem.split("_")[-1] for p in d.items] == ["0001", "0002", "0010"]
+    assert d.labels.tolist() == [1, 0, 1]
+    assert d.official_split.tolist() == [0, 1, 0]
+
+
+def test_cub200_check_files_off_does_not_stat_images(tmp_path):
+    root = write_cub(tmp_path / "cub", write_images=False)
+    with pytest.raises(DataError, match="image file not found"):
+        read_cub200(CUB200Options(root=str(root)))
+    d = read_cub200(CUB200Options(root=str(root), check_files=False))
+    assert len(d) == 12
+
+
+@pytest.mark.parametrize("case, file, expect", [
+    ("missing-root", None, "CUB-200-2011 folder not found"),
+    ("missing-file", "train_test_split.txt", "file not found"),
+    ("one-field", "images.txt", "line 2: expected '<image id> <image path>'"),
+    ("duplicate", "image_class_labels.txt", "line 3: image id 1 repeats line 1"),
+    ("bad-flag", "train_test_split.txt", "line 4: is_training_image must be 1"),
+    ("unknown-class", "image_class_labels.txt", "line 5: class id '9' is not in classes.txt"),
+    ("no-label", "image_class_labels.txt", "no line for image id 12 (images.txt line 12)"),
+    ("extra-id", "train_test_split.txt", "line 13: image id 99 is not in images.txt"),
+    ("missing-image", None, "image file not found (images.txt line 1)"),
+    ("no-classes", "classes.txt", "no classes"),
+])
+def test_cub200_errors_name_file_line_and_layout(tmp_path, case, file, expect):
+    root = write_cub(tmp_path / "cub") if case != "missing-root" else tmp_path / "cub"
+    path = root / file if file else None
+
+    def edit_line(lineno: int, text: str) -> None:
+        lines = path.read_text().splitlines(keepends=True)
+        lines[lineno - 1] = text
+        path.write_text("".join(lines))
+
+    if case == "missing-file":
+        path.unlink()
+    elif case == "one-field":
+        edit_line(2, "2\n")
+    elif case == "duplicate":
+        edit_line(3, "1 1\n")
+    elif case == "bad-flag":
+        edit_line(4, "4 yes\n")
+    elif case == "unknown-class":
+        edit_line(5, "5 9\n")
+    elif case == "no-label":
+        path.write_text("".join(path.read_text().splitlines(keepends=True)[:-1]))
+    elif case == "extra-id":
+        path.write_text(path.read_text() + "99 1\n")
+    elif case == "missing-image":
+        first = (root / "images.txt").read_text().split()[1]
+        (root / "images" / first).unlink()
+        path = root / "images" / first
+    elif case == "no-classes":
+        path.write_text("\n")
+    with pytest.raises(DataError) as err:
+        read_cub200(CUB200Options(root=str(root)))
+    msg = str(err.value)
+    assert expect in msg, msg
+    assert msg.startswith(str(path if path is not None else root) + ":"), msg
+    if case not in ("duplicate", "bad-flag", "unknown-class", "extra-id"):
+        assert "root/images.txt" in msg and "root/train_test_split.txt" in msg

@@ -1,4 +1,5 @@
-"""The ``proteus`` command: run a preset, list what is registered, re-render a report."""
+"""The ``proteus`` command: run a preset, check one (dry run), list what is registered,
+re-render a report."""
 
 from __future__ import annotations
 
@@ -29,6 +30,29 @@ def _run(args: argparse.Namespace, console: Console) -> int:
         overrides.append(f"output_dir={args.output_dir}")
     config = load_config(args.config, overrides)
     run(config, console=console)
+    return 0
+
+
+def _check(args: argparse.Namespace, console: Console) -> int:
+    import json
+
+    from .check import check, render
+    from .config import load_config
+    from .data import DataError
+
+    overrides = list(args.set or [])
+    if args.seed is not None:
+        overrides.append(f"seed={args.seed}")
+    config = load_config(args.config, overrides)
+    try:
+        summary = check(config, build_backbone=args.backbone)
+    except DataError as exc:
+        console.print(f"[bold red]data error:[/] {escape(str(exc))}", highlight=False)
+        return 2
+    if args.json:
+        print(json.dumps(summary, indent=1))
+    else:
+        render(summary, Console())  # the plan is the output: stdout, errors stay on stderr
     return 0
 
 
@@ -79,6 +103,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--name", help="run name (directory under output_dir)")
     p.add_argument("--output-dir", help="where run directories go (default runs/)")
     p.set_defaults(func=_run)
+    p = sub.add_parser("check", help="dry run: validate a preset, read its data, print the "
+                       "task plan and parameter counts; trains and writes nothing")
+    p.add_argument("config", help="YAML preset, e.g. configs/paper/cifar100-10t.yaml")
+    p.add_argument("--set", action="append", metavar="KEY=VALUE",
+                   help="override a config value, as for run (repeatable)")
+    p.add_argument("--seed", type=int, help="shortcut for --set seed=N")
+    p.add_argument("--backbone", action="store_true",
+                   help="also build the backbone (may need the network for a hub id) to count "
+                        "its parameters and the low-rank parameters trained per task")
+    p.add_argument("--json", action="store_true", help="print the summary as JSON instead")
+    p.set_defaults(func=_check)
     p = sub.add_parser("list", help="list learners, datasets, backbones and presets")
     p.set_defaults(func=_list)
     p = sub.add_parser("report", help="re-render report.md and plots from a run directory")

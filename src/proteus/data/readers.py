@@ -21,7 +21,7 @@ from typing import Literal
 import numpy as np
 from pydantic import Field
 
-from proteus.data.base import DataError, LabeledData
+from proteus.data.base import DataError, LabeledData, concat
 from proteus.registry import Options, Registry
 
 DATASETS: Registry[LabeledData] = Registry("dataset")
@@ -425,41 +425,33 @@ def read_image_folder(options: ImageFolderOptions) -> LabeledData:
     root = Path(options.root)
     if not root.is_dir():
         raise DataError(f"{root}: image folder not found; {_FOLDER_LAYOUT}")
-    exts = {e.lower() if e.startswith(".") else "." + e.lower() for e in options.extensions}
-    if (root / "train").is_dir() and (root / "test").is_dir():
+    exts = _extension_set(options.extensions)
+    if _has_split_folders(root):
         parts = [(0, root / "train"), (1, root / "test")]
     else:
         parts = [(-1, root)]
+    data = _images_by_class(parts, exts, _FOLDER_LAYOUT, f"image-folder:{root.name}")
+    if parts[0][0] == -1:
+        data.official_split = None
+    return data
 
-    found: list[tuple[int, str, list[str]]] = []  # (split, class, sorted paths)
-    for code, folder in parts:
-        classes = sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
-        if not classes:
-            raise DataError(f"{folder}: no class folders; {_FOLDER_LAYOUT}")
-        for cls in classes:
-            files = sorted(str(f) for f in cls.iterdir()
-                           if f.is_file() and not f.name.startswith(".")
-                           and f.suffix.lower() in exts)
-            if not files:
-                raise DataError(f"{cls}: class folder has no images with extensions "
-                                f"{sorted(exts)}; {_FOLDER_LAYOUT}")
-            found.append((code, cls.name, files))
 
-    class_names = sorted({name for _, name, _ in found})
+def _images_by_class(parts: list[tuple[int, Path]], exts: set[str], layout: str, source: str,
+                     prefix: str = "") -> LabeledData:
+    """Image paths of ``(split code, folder of class folders)`` parts; the class set is the union
+    of the parts' classes, sorted, named ``prefix + class``."""
+    found = [(code, cls, files) for code, folder in parts
+             for cls, files in _class_folders(folder, exts, layout)]
+    class_names = sorted({cls for _, cls, _ in found})
     index = {name: i for i, name in enumerate(class_names)}
     items, labels, split = [], [], []
-    for code, name, files in found:
+    for code, cls, files in found:
         items.extend(files)
-        labels.extend([index[name]] * len(files))
+        labels.extend([index[cls]] * len(files))
         split.extend([code] * len(files))
-    return LabeledData(
-        items=items,
-        labels=np.array(labels, dtype=np.int64),
-        class_names=class_names,
-        modality="image",
-        official_split=None if parts[0][0] == -1 else np.array(split, dtype=np.int8),
-        source=f"image-folder:{root.name}",
-    )
+    return LabeledData(items=items, labels=np.array(labels, dtype=np.int64),
+                       class_names=[prefix + c for c in class_names], modality="image",
+                       official_split=np.array(split, dtype=np.int8), source=source)
 
 
 # --------------------------------------------------------------------------------------------
@@ -655,3 +647,212 @@ def _synthetic_texts(options: SyntheticOptions, rng: np.random.Generator) -> lis
             rng.shuffle(words)
             texts.append(" ".join(str(w) for w in words))
     return texts
+
+
+# --------------------------------------------------------------------------------------------
+# VTAB (the class-incremental "VTAB" folders of RanPAC / APER / PILOT)
+
+_VTAB_LAYOUT = ("expected root/<dataset>/{train,test}/<class>/<image> (one folder per VTAB "
+                "dataset) or root/{train,test}/<class>/<image> (a single dataset, named after "
+                "root)")
+
+
+class VTABOptions(Options):
+    root: str
+    datasets: list[str] | None = Field(None, min_length=1)  # which sub-datasets, in this order
+    extensions: list[str] = Field(default_factory=lambda: list(DEFAULT_IMAGE_EXTENSIONS))
+
+
+@DATASETS.register("vtab", VTABOptions,
+                   "VTAB folders: root/<dataset>/{train,test}/<class>/ or root/{train,test}/"
+                   "<class>/; class names 'dataset/class', official train/test")
+def read_vtab(options: VTABOptions) -> LabeledData:
+    """Image paths from VTAB folders; images are not opened here (the backbone decodes them).
+
+    Layout A (several datasets) is ``root/<dataset>/{train,test}/<class>/<image>``: every
+    non-hidden sub-folder of ``root`` is a dataset, taken in sorted order unless ``datasets``
+    chooses and orders them. Layout B, chosen when ``root`` itself has ``train/`` and ``test/``,
+    is one dataset named after ``root`` (``datasets``, if set, must be exactly that name).
+    Classes are numbered dataset by dataset (in dataset order), sorted by name within each, and
+    named ``"<dataset>/<class>"``; a dataset's class set is the union of its train and test
+    folders. ``official_split`` is 0 for ``train/``, 1 for ``test/``.
+    """
+    root = Path(options.root)
+    if not root.is_dir():
+        raise DataError(f"{root}: VTAB folder not found; {_VTAB_LAYOUT}")
+    exts = _extension_set(options.extensions)
+    if _has_split_folders(root):
+        name = root.name
+        if options.datasets is not None and options.datasets != [name]:
+            raise DataError(
+                f"{root}: holds a single dataset (root/train and root/test), named {name!r} "
+                f"after the folder, but datasets={options.datasets} was asked for; "
+                f"{_VTAB_LAYOUT}")
+        chosen = [(name, root)]
+    else:
+        available = sorted(p.name for p in root.iterdir()
+                           if p.is_dir() and not p.name.startswith("."))
+        if not available:
+            raise DataError(f"{root}: no dataset folders and no train/ + test/ folders; "
+                            f"{_VTAB_LAYOUT}")
+        if options.datasets is None:
+            names = available
+        else:
+            if len(set(options.datasets)) != len(options.datasets):
+                raise DataError(f"{root}: datasets={options.datasets} names a dataset twice")
+            missing = [d for d in options.datasets if d not in available]
+            if missing:
+                raise DataError(f"{root}: no dataset folder {missing} (datasets found: "
+                                f"{available}); {_VTAB_LAYOUT}")
+            names = list(options.datasets)
+        chosen = []
+        for name in names:
+            folder = root / name
+            if not _has_split_folders(folder):
+                raise DataError(f"{folder}: dataset folder has no train/ and test/ folders; "
+                                f"{_VTAB_LAYOUT}")
+            chosen.append((name, folder))
+
+    parts = [_images_by_class([(0, folder / "train"), (1, folder / "test")], exts,
+                              _VTAB_LAYOUT, name, prefix=f"{name}/") for name, folder in chosen]
+    return concat(parts, source=f"vtab:{root.name}")  # labels offset dataset by dataset
+
+
+def _extension_set(extensions: list[str]) -> set[str]:
+    return {e.lower() if e.startswith(".") else "." + e.lower() for e in extensions}
+
+
+def _has_split_folders(folder: Path) -> bool:
+    return (folder / "train").is_dir() and (folder / "test").is_dir()
+
+
+def _class_folders(folder: Path, exts: set[str], layout: str) -> list[tuple[str, list[str]]]:
+    """``(class name, sorted image paths)`` per non-hidden class folder of ``folder``."""
+    classes = sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
+    if not classes:
+        raise DataError(f"{folder}: no class folders; {layout}")
+    out = []
+    for cls in classes:
+        files = sorted(str(f) for f in cls.iterdir()
+                       if f.is_file() and not f.name.startswith(".") and f.suffix.lower() in exts)
+        if not files:
+            raise DataError(f"{cls}: class folder has no images with extensions "
+                            f"{sorted(exts)}; {layout}")
+        out.append((cls.name, files))
+    return out
+
+
+# --------------------------------------------------------------------------------------------
+# CUB-200-2011
+
+_CUB_LAYOUT = ("expected the CUB_200_2011 release: root/images.txt ('<image id> <path>'), "
+               "root/image_class_labels.txt ('<image id> <class id>'), "
+               "root/train_test_split.txt ('<image id> <1 train | 0 test>'), "
+               "root/classes.txt ('<class id> <name>') and root/images/<path>")
+
+
+class CUB200Options(Options):
+    root: str
+    check_files: bool = True  # stat every root/images/<path> (no image is opened)
+
+
+@DATASETS.register("cub-200", CUB200Options,
+                   "CUB-200-2011 birds, 11,788 images, 200 classes, official train/test split")
+def read_cub200(options: CUB200Options) -> LabeledData:
+    """Image paths of CUB-200-2011 from its index files; images are not opened here.
+
+    ``classes.txt`` gives the classes (labels follow ascending class id; names drop the
+    ``"001."`` prefix, e.g. ``"Black_footed_Albatross"``); ``images.txt``,
+    ``image_class_labels.txt`` and ``train_test_split.txt`` are keyed by image id. Items are
+    ``root/images/<path>`` in ascending image id; ``official_split`` is 0 where
+    ``train_test_split.txt`` says 1 (train) and 1 where it says 0 (test).
+    """
+    root = Path(options.root)
+    if not root.is_dir():
+        raise DataError(f"{root}: CUB-200-2011 folder not found; {_CUB_LAYOUT}")
+    classes = _cub_table(root / "classes.txt", "class id", "class name")
+    paths = _cub_table(root / "images.txt", "image id", "image path")
+    class_of = _cub_table(root / "image_class_labels.txt", "image id", "class id")
+    is_train = _cub_table(root / "train_test_split.txt", "image id", "is_training_image")
+    if not classes:
+        raise DataError(f"{root / 'classes.txt'}: no classes; {_CUB_LAYOUT}")
+    if not paths:
+        raise DataError(f"{root / 'images.txt'}: no images; {_CUB_LAYOUT}")
+
+    class_ids = sorted(classes)
+    label_of = {cid: i for i, cid in enumerate(class_ids)}
+    class_names = [_cub_class_name(classes[cid][0]) for cid in class_ids]
+    items, labels, split = [], [], []
+    for image_id in paths:  # ascending image id
+        rel, path_line = paths[image_id]
+        for table, name in ((class_of, "image_class_labels.txt"),
+                            (is_train, "train_test_split.txt")):
+            if image_id not in table:
+                raise DataError(f"{root / name}: no line for image id {image_id} "
+                                f"(images.txt line {path_line}); {_CUB_LAYOUT}")
+        cid, cid_line = class_of[image_id]
+        if cid not in label_of:
+            raise DataError(f"{root / 'image_class_labels.txt'}: line {cid_line}: class id "
+                            f"{cid!r} is not in classes.txt")
+        flag, flag_line = is_train[image_id]
+        if flag not in ("0", "1"):
+            raise DataError(f"{root / 'train_test_split.txt'}: line {flag_line}: "
+                            f"is_training_image must be 1 (train) or 0 (test), found {flag!r}")
+        path = root / "images" / rel
+        if options.check_files and not path.is_file():
+            raise DataError(f"{path}: image file not found (images.txt line {path_line}); "
+                            f"{_CUB_LAYOUT}")
+        items.append(str(path))
+        labels.append(label_of[cid])
+        split.append(0 if flag == "1" else 1)
+    for table, name in ((class_of, "image_class_labels.txt"), (is_train, "train_test_split.txt")):
+        extra = sorted(set(table) - set(paths), key=_cub_sort_key)
+        if extra:
+            raise DataError(f"{root / name}: line {table[extra[0]][1]}: image id {extra[0]} "
+                            "is not in images.txt")
+    return LabeledData(
+        items=items,
+        labels=np.array(labels, dtype=np.int64),
+        class_names=class_names,
+        modality="image",
+        official_split=np.array(split, dtype=np.int8),
+        source="cub-200",
+    )
+
+
+def _cub_sort_key(key: str):
+    return (0, int(key), key) if key.isdigit() else (1, 0, key)
+
+
+def _cub_table(path: Path, key_name: str, value_name: str) -> dict[str, tuple[str, int]]:
+    """``key -> (value, line number)`` from a ``'<key> <value>'`` file, ordered by key.
+
+    Keys are compared as strings (numeric ids sort numerically); a duplicate key or a line
+    without two fields is an error naming the file and line.
+    """
+    if not path.is_file():
+        raise DataError(f"{path}: file not found; {_CUB_LAYOUT}")
+    table: dict[str, tuple[str, int]] = {}
+    try:
+        with open(path, encoding="utf-8") as fh:
+            for lineno, line in enumerate(fh, start=1):
+                if not line.strip():
+                    continue
+                fields = line.strip().split(maxsplit=1)
+                if len(fields) != 2:
+                    raise DataError(f"{path}: line {lineno}: expected '<{key_name}> "
+                                    f"<{value_name}>', found {line.strip()!r}; {_CUB_LAYOUT}")
+                key, value = fields[0], fields[1].strip()
+                if key in table:
+                    raise DataError(f"{path}: line {lineno}: {key_name} {key} repeats line "
+                                    f"{table[key][1]}")
+                table[key] = (value, lineno)
+    except UnicodeDecodeError as exc:
+        raise DataError(f"{path}: not UTF-8 text ({exc}); {_CUB_LAYOUT}") from None
+    return dict(sorted(table.items(), key=lambda kv: _cub_sort_key(kv[0])))
+
+
+def _cub_class_name(raw: str) -> str:
+    """``"001.Black_footed_Albatross"`` -> ``"Black_footed_Albatross"``."""
+    head, dot, rest = raw.partition(".")
+    return rest if dot and head.isdigit() and rest else raw
