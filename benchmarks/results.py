@@ -66,7 +66,8 @@ COLUMNS = [("final_accuracy", "final accuracy"),
            ("task_retrieval_accuracy", "task retrieval"),
            ("certified_fraction", "certified fraction"),
            ("wall_s", "wall time (s)"),
-           ("signature_bytes_per_task", "signature bytes / task")]
+           ("signature_bytes_per_task", "signature bytes / task"),
+           ("signature_shared_bytes", "signature bytes shared")]
 PERCENT = {"final_accuracy", "average_incremental_accuracy", "average_forgetting",
            "task_retrieval_accuracy", "certified_fraction"}
 
@@ -78,6 +79,8 @@ def summarise(results: dict, wall_s: float) -> dict:
     out["certified_fraction"] = certs[-1] if certs else None
     sig = [e["signature_bytes"] for e in per_task if "signature_bytes" in e]
     out["signature_bytes_per_task"] = float(np.mean(sig)) if sig else None
+    shared = [e["signature_shared_bytes"] for e in per_task if "signature_shared_bytes" in e]
+    out["signature_shared_bytes"] = float(shared[-1]) if shared else None
     out["wall_s"] = wall_s
     out["accuracy_seen"] = results["accuracy_seen"]
     return out
@@ -89,7 +92,7 @@ def fmt(key: str, stat: dict) -> str:
     if key in PERCENT:
         text = f"{100 * stat['mean']:.2f}"
         return text + (f" ± {100 * stat['std']:.2f}" if stat["n"] > 1 else "")
-    if key == "signature_bytes_per_task":
+    if key in ("signature_bytes_per_task", "signature_shared_bytes"):
         return f"{stat['mean'] / 1e6:.2f} MB"
     return f"{stat['mean']:.0f}" + (f" ± {stat['std']:.0f}" if stat["n"] > 1 else "")
 

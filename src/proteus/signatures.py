@@ -237,7 +237,12 @@ class TaskSignatures:
         return np.stack([self.task_scores(x, k) for k in range(len(self.tasks))], 1)
 
     def nbytes(self, task: int) -> int:
+        """Bytes of task ``task``'s own components (what one more task adds)."""
         return self.tasks[task].nbytes()
+
+    def shared_nbytes(self) -> int:
+        """Bytes shared by all tasks: the accumulated scatter of class-gaussian signatures."""
+        return 0 if self.scatter is None else int(self.scatter.nbytes)
 
     # -- saving --------------------------------------------------------------------------
     def state(self, prefix: str = "sig.") -> tuple[dict[str, torch.Tensor], dict]:

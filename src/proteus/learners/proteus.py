@@ -145,6 +145,7 @@ class Proteus(LowRankLearner):
 
         extras: dict[str, Any] = {"timing": timing, "ridge_lambda": lam,
                                   "signature_bytes": self.signatures.nbytes(k),
+                                  "signature_shared_bytes": self.signatures.shared_nbytes(),
                                   "signature_components": int(len(self.signatures.tasks[k].means))}
         last = ctx.num_tasks is not None and k == ctx.num_tasks - 1
         if o.certificate == "every_task" or (o.certificate == "final" and last):
