@@ -41,7 +41,6 @@ VARIANTS = {
     "proteus": [],
     "proteus-paper": ["learner.name=proteus-paper"],
     "proteus (oracle task id)": ["learner.retrieval=oracle"],
-    "simplecil": ["learner={name: simplecil}"],
     "proteus, alpha=0": ["learner.alpha=0"],
     "proteus, no orthogonality": ["learner.lambda_orth=0"],
     "proteus, k-means signatures": ["learner.signature.kind=kmeans"],
@@ -51,15 +50,10 @@ VARIANTS = {
         "learner.signature={kind: dpgmm, covariance: full, l2_normalize: false}",
         "learner.signature_stages=[]"],
     "proteus, no retrieval (last task's backbone)": ["learner.retrieval=none"],
-    # baselines (BASELINES.md), with the presets' training budget where they train units
-    "ranpac": ["learner={name: ranpac, proj_dim: 2048}"],
-    "seq-lora": ["learner={name: seq-lora, epochs: 3}"],
-    "joint-lora": ["learner={name: joint-lora, epochs: 3}"],
-    "o-lora": ["learner={name: o-lora, epochs: 3}"],
-    "inflora": ["learner={name: inflora, epochs: 3}"],
-    "sd-lora": ["learner={name: sd-lora, epochs: 3}"],
-    "s-prompts": ["learner={name: s-prompts, epochs: 3}"],
 }
+# baselines run from their presets, configs/offline/baselines/<name>-<preset>.yaml
+BASELINES = ["simplecil", "ranpac", "seq-lora", "joint-lora", "o-lora", "inflora", "sd-lora",
+             "s-prompts"]
 COLUMNS = [("final_accuracy", "final accuracy"),
            ("average_incremental_accuracy", "avg. incremental acc."),
            ("average_forgetting", "avg. forgetting"),
@@ -138,7 +132,7 @@ def render(store: dict, out_md: Path) -> None:
         plot = out_md.parent / f"results-{preset}.png"
         fig.savefig(plot, dpi=110)
         plt.close(fig)
-        missing = [v for v in VARIANTS if v not in variants]
+        missing = [v for v in [*VARIANTS, *BASELINES] if v not in variants]
         if missing:
             lines += ["", "Not yet measured on this preset: " + "; ".join(missing) + "."]
         cmd_variants = " ".join(f"'{v}'" for v in variants)
@@ -152,26 +146,30 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--presets", nargs="+", choices=sorted(PRESETS), default=["vision"])
-    parser.add_argument("--variants", nargs="+", default=list(VARIANTS),
-                        help=f"any of: {'; '.join(VARIANTS)}")
+    parser.add_argument("--variants", nargs="+", default=[*VARIANTS, *BASELINES],
+                        help=f"any of: {'; '.join([*VARIANTS, *BASELINES])}")
     parser.add_argument("--seeds", nargs="+", type=int, default=[1993, 1994, 1995])
     parser.add_argument("--store", type=Path, default=ROOT / "docs/results.json")
     parser.add_argument("--out", type=Path, default=ROOT / "docs/results.md")
     parser.add_argument("--runs-dir", default="runs/bench")
     args = parser.parse_args(argv)
-    unknown = [v for v in args.variants if v not in VARIANTS]
+    unknown = [v for v in args.variants if v not in VARIANTS and v not in BASELINES]
     if unknown:
-        parser.error(f"unknown variants {unknown}; valid: {list(VARIANTS)}")
+        parser.error(f"unknown variants {unknown}; valid: {list(VARIANTS) + BASELINES}")
     console = Console(stderr=True)
     store = json.loads(args.store.read_text()) if args.store.exists() else {}
     for preset in args.presets:
         for variant in args.variants:
             for seed in args.seeds:
                 slug = variant.replace(" ", "").replace(",", "_").replace("(", "").replace(")", "")
-                overrides = VARIANTS[variant] + [f"seed={seed}", "progress=false",
-                                                 f"output_dir={args.runs_dir}/{preset}",
-                                                 f"name={slug}-s{seed}"]
-                config = proteus.load_config(PRESETS[preset], overrides)
+                if variant in BASELINES:
+                    path = ROOT / f"configs/offline/baselines/{variant}-{preset}.yaml"
+                    overrides = []
+                else:
+                    path, overrides = PRESETS[preset], list(VARIANTS[variant])
+                overrides += [f"seed={seed}", "progress=false",
+                              f"output_dir={args.runs_dir}/{preset}", f"name={slug}-s{seed}"]
+                config = proteus.load_config(path, overrides)
                 console.rule(f"{preset} · {variant} · seed {seed}")
                 t0 = time.perf_counter()
                 results = proteus.run(config, console=console)

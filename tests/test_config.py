@@ -231,3 +231,41 @@ def test_cli_error_message_keeps_bracketed_text(tmp_path, capsys):
     missing = tmp_path / "[exp]" / "preset.yaml"
     assert main(["run", str(missing)]) == 2
     assert "[exp]" in "".join(capsys.readouterr().err.split())
+
+
+# -- presets inheriting from a base preset -------------------------------------------------
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.mark.parametrize("path", sorted((ROOT / "configs" / "offline").rglob("*.yaml")),
+                         ids=lambda p: p.stem)
+def test_every_offline_preset_validates(path):
+    config = load_config(path)
+    assert config.data and config.scenario["num_tasks"] in (9, 10)
+
+
+def test_base_preset_merges_and_a_renamed_component_replaces(tmp_path, tiny_config):
+    (tmp_path / "base.yaml").write_text(yaml.safe_dump(tiny_config))
+    child = tmp_path / "child.yaml"
+    child.write_text("base: base.yaml\nseed: 7\nscenario: {num_tasks: 2}\n"
+                     "learner: {name: ranpac, proj_dim: 64}\n")
+    base = load_config(tmp_path / "base.yaml")
+    config = load_config(child)
+    assert config.seed == 7
+    # merged key by key: num_tasks changed, the base's other scenario keys kept
+    assert config.scenario["num_tasks"] == 2
+    assert {k: v for k, v in config.scenario.items() if k != "num_tasks"} == \
+        {k: v for k, v in base.scenario.items() if k != "num_tasks"}
+    # a different learner name replaces the section (the base's options would not fit)
+    assert config.learner.name == "ranpac" and config.learner.options["proj_dim"] == 64
+    assert config.backbone == base.backbone
+
+
+def test_base_chain_loop_and_missing_base_are_config_errors(tmp_path):
+    (tmp_path / "a.yaml").write_text("base: b.yaml\n")
+    (tmp_path / "b.yaml").write_text("base: a.yaml\n")
+    with pytest.raises(ConfigError, match="loops"):
+        load_config(tmp_path / "a.yaml")
+    (tmp_path / "c.yaml").write_text("base: nowhere.yaml\n")
+    with pytest.raises(ConfigError, match="nowhere.yaml"):
+        load_config(tmp_path / "c.yaml")

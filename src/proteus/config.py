@@ -154,17 +154,43 @@ def _index(part: str, node: list, where: str) -> int:
     return int(part)
 
 
-def read_yaml(path: str | Path) -> dict[str, Any]:
+def read_yaml(path: str | Path, _seen: tuple[Path, ...] = ()) -> dict[str, Any]:
+    """Read a preset; ``base: other.yaml`` (relative to this file) inherits that preset first.
+
+    Sections merge key by key, except that a component section naming a different ``name``
+    (say ``learner: {name: ranpac}`` over a ``proteus`` base) replaces the base's section, whose
+    options would not fit the new component.
+    """
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"config file not found: {path}")
+    if path.resolve() in _seen:
+        raise ConfigError(f"{path}: 'base' chain loops back to this file")
     try:
         data = yaml.safe_load(path.read_text())
     except yaml.YAMLError as exc:
         raise ConfigError(f"{path}: not valid YAML: {exc}") from None
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: the top level must be a mapping")
-    return data
+    base = data.pop("base", None)
+    if base is None:
+        return data
+    if not isinstance(base, str):
+        raise ConfigError(f"{path}: 'base' must be a path to another preset, got {base!r}")
+    return _merge(read_yaml(path.parent / base, (*_seen, path.resolve())), data)
+
+
+def _merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for key, value in over.items():
+        old = out.get(key)
+        renamed = isinstance(value, dict) and isinstance(old, dict) and \
+            "name" in value and value["name"] != old.get("name")
+        if isinstance(value, dict) and isinstance(old, dict) and not renamed:
+            out[key] = _merge(old, value)
+        else:
+            out[key] = value
+    return out
 
 
 def load_config(path: str | Path, overrides: list[str] | None = None) -> RunConfig:
