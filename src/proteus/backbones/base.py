@@ -63,6 +63,15 @@ class Backbone(nn.Module):
             return x
         raise NotImplementedError(f"{type(self).__name__} runs only as a whole")
 
+    def pool_stage(self, x: Any) -> torch.Tensor:
+        """A stage's output -> one vector per sample (for multi-layer features): spatial mean
+        for CNN maps, the first token for token sequences."""
+        if x.ndim == 4:
+            return x.mean(dim=(2, 3))
+        if x.ndim == 3:
+            return x[:, 0]
+        return x
+
     def first_stage(self, layer_names: list[str]) -> int:
         """Index of the first stage that holds one of ``layer_names`` (0 if unknown)."""
         prefixes = self.stage_prefixes()
@@ -187,6 +196,21 @@ class ImagePreprocessor:
         if self.flip and float(torch.rand(1, generator=generator)) < 0.5:
             img = img.flip(-1)
         return img
+
+
+def stage_cat(states: list[Any]) -> Any:
+    """Concatenate batches of stage outputs (tensors, or dicts of tensors) along samples."""
+    if isinstance(states[0], dict):
+        return {k: torch.cat([s[k] for s in states]) for k in states[0]}
+    return torch.cat(states)
+
+
+def stage_take(state: Any, rows) -> Any:
+    """Rows of a stage output (a tensor, or a dict of tensors), as a copy."""
+    rows = torch.as_tensor(rows)
+    if isinstance(state, dict):
+        return {k: v[rows] for k, v in state.items()}
+    return state[rows]
 
 
 def _resize(x: torch.Tensor, size: int) -> torch.Tensor:

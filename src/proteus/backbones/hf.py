@@ -83,20 +83,78 @@ class HFText(Backbone):
         self.max_length = options.max_length
         self.pooling = options.pooling
         self.embed_dim = int(self.model.config.hidden_size)
+        self.default_signature_stages = []
+        # Stage-wise running (for cached frozen stages and multi-layer features) needs a
+        # BERT-style layout and transformers' mask helper; otherwise the model runs whole.
+        self._mask_fn = None
+        try:
+            from transformers.masking_utils import create_bidirectional_mask
+        except ImportError:
+            create_bidirectional_mask = None
+        if (create_bidirectional_mask is not None and hasattr(self.model, "embeddings")
+                and hasattr(getattr(self.model, "encoder", None), "layer")
+                and not getattr(self.model.config, "is_decoder", False)):
+            self._mask_fn = create_bidirectional_mask
+            # every layer but the last, whose pooled output is the embedding itself
+            self.default_signature_stages = list(range(1, len(self.model.encoder.layer)))
         self.requires_grad_(False)
         self.eval()
 
     def preprocess(self, items, train: bool = False, generator=None) -> dict[str, torch.Tensor]:
-        enc = self.tokenizer(list(items), padding=True, truncation=True,
+        # fixed-length padding when running by stages: cached stage outputs of different
+        # batches must stack
+        padding = "max_length" if self._staged else True
+        enc = self.tokenizer(list(items), padding=padding, truncation=True,
                              max_length=self.max_length, return_tensors="pt")
         return {k: v.to(self.device) for k, v in enc.items()}
 
     def forward(self, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
-        hidden = self.model(**inputs).last_hidden_state
+        if self._staged:
+            return self.run_stages(inputs)
+        return self._pool(self.model(**inputs).last_hidden_state, inputs["attention_mask"])
+
+    def _pool(self, hidden: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         if self.pooling == "cls":
             return hidden[:, 0]
-        mask = inputs["attention_mask"].unsqueeze(-1).to(hidden.dtype)
+        mask = attention_mask.unsqueeze(-1).to(hidden.dtype)
         return (hidden * mask).sum(1) / mask.sum(1).clamp_min(1.0)
+
+    # -- stages: embeddings, each encoder layer, pooling (BERT-family encoders) -------------
+    @property
+    def _staged(self) -> bool:
+        return self._mask_fn is not None
+
+    def stage_prefixes(self) -> list[str]:
+        if not self._staged:
+            return [""]
+        layers = [f"model.encoder.layer.{i}" for i in range(len(self.model.encoder.layer))]
+        return ["model.embeddings", *layers, "pooling"]
+
+    def run_stages(self, x, start: int = 0, stop: int | None = None):
+        """Between stages the state is ``{"hidden", "attention_mask"}``; the last stage pools."""
+        if not self._staged:
+            return super().run_stages(x, start, stop)
+        n_layers = len(self.model.encoder.layer)
+        stop = n_layers + 2 if stop is None else stop
+        for stage in range(start, stop):
+            if stage == 0:
+                hidden = self.model.embeddings(input_ids=x["input_ids"],
+                                               token_type_ids=x.get("token_type_ids"))
+                x = {"hidden": hidden, "attention_mask": x["attention_mask"]}
+            elif stage <= n_layers:
+                mask = self._mask_fn(config=self.model.config, inputs_embeds=x["hidden"],
+                                     attention_mask=x["attention_mask"])
+                out = self.model.encoder.layer[stage - 1](x["hidden"], mask)
+                x = {"hidden": out[0] if isinstance(out, tuple) else out,
+                     "attention_mask": x["attention_mask"]}
+            else:
+                x = self._pool(x["hidden"], x["attention_mask"])
+        return x
+
+    def pool_stage(self, x) -> torch.Tensor:
+        if isinstance(x, dict):
+            return self._pool(x["hidden"], x["attention_mask"])
+        return super().pool_stage(x)
 
 
 def _vision_model(name: str, local_files_only: bool) -> torch.nn.Module:

@@ -22,6 +22,7 @@ import torch
 from pydantic import Field
 from torch import nn
 
+from ..backbones.base import stage_cat, stage_take
 from ..data.base import LabeledData, take
 from ..data.scenario import Task
 from ..lora import LowRankLayer, LowRankPool
@@ -79,7 +80,7 @@ class LowRankLearner(Learner):
         if self.start == 0:
             return None
         with torch.inference_mode(), self.frozen_scope():
-            return torch.cat([self.backbone.run_stages(self.backbone.preprocess(items[b]), 0,
+            return stage_cat([self.backbone.run_stages(self.backbone.preprocess(items[b]), 0,
                                                        self.start)
                               for b in self._batches(len(items), size)])
 
@@ -94,7 +95,7 @@ class LowRankLearner(Learner):
             for b in self._batches(len(index), size):
                 rows = index[b]
                 if prefix is not None:
-                    x = prefix[torch.as_tensor(rows)]
+                    x = stage_take(prefix, rows)
                     out.append(self.backbone.run_stages(x, self.start))
                 else:
                     out.append(self.backbone(self.backbone.preprocess(take(items, rows))))
@@ -136,7 +137,7 @@ class LowRankLearner(Learner):
             for b in self._batches(n, o.batch_size):
                 rows = order[b]
                 if prefix is not None:
-                    x = prefix[rows].clone()
+                    x = stage_take(prefix, rows)  # indexing copies: the cache stays intact
                 else:
                     x = self.backbone.preprocess(take(items, rows.numpy()), train=o.augment,
                                                  generator=gen)

@@ -103,7 +103,7 @@ class Proteus(LowRankLearner):
                     for stage in range(n_stages):
                         x = self.backbone.run_stages(x, stage, stage + 1)
                         if stage in stages:
-                            parts.append(_pool(x))
+                            parts.append(self.backbone.pool_stage(x))
                     parts.append(x)
                     feats = torch.cat([nn.functional.normalize(p.float(), dim=1) for p in parts], 1)
                     for i, row in zip(rows, feats.cpu().numpy()):
@@ -240,14 +240,6 @@ class Proteus(LowRankLearner):
             counts["trained_per_task"] = self.pool.trained_parameters_per_task()
         return counts
 
-
-def _pool(x: torch.Tensor) -> torch.Tensor:
-    """Stage output -> one vector per sample: spatial mean (CNN) or first token (transformer)."""
-    if x.ndim == 4:
-        return x.mean(dim=(2, 3))
-    if x.ndim == 3:
-        return x[:, 0]
-    return x
 
 
 class ProteusPaperOptions(ProteusOptions):
