@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 
 import numpy as np
@@ -256,3 +257,27 @@ def test_minilm_runs_by_stages_and_caches_dict_states():
     # the low-rank targets on layers 4-5 start at stage 5: stages 0-4 can be cached
     targets = backbone.target_layers([r".*layer\.(4|5)\.attention\.self\.(query|value)"])
     assert backbone.first_stage(list(targets)) == 5
+
+
+def test_autocast_is_bf16_only_on_cuda_and_fp32_when_asked():
+    from proteus.backbones.base import autocast_context
+
+    cpu = torch.device("cpu")
+    for precision in ("auto", "bf16", "fp32"):
+        with autocast_context(cpu, precision):  # CPU runs stay fp32, whatever was asked
+            assert not torch.is_autocast_enabled("cpu")
+            assert (torch.ones(2, 2) @ torch.ones(2, 2)).dtype == torch.float32
+    assert isinstance(autocast_context(torch.device("cuda"), "fp32"), contextlib.nullcontext)
+    with pytest.warns(UserWarning, match="CUDA is not available") if not \
+            torch.cuda.is_available() else contextlib.nullcontext():
+        assert isinstance(autocast_context(torch.device("cuda"), "bf16"), torch.autocast)
+
+
+def test_image_paths_decode_in_parallel_in_input_order(tmp_path):
+    paths = []
+    for i in range(12):
+        path = tmp_path / f"{i}.png"
+        Image.fromarray(np.full((10, 10, 3), i * 20, dtype=np.uint8)).save(path)
+        paths.append(str(path))
+    x = ImagePreprocessor(8, mean=(0, 0, 0), std=(1, 1, 1))(paths)
+    assert torch.allclose(x[:, 0, 4, 4], torch.arange(12) * 20 / 255.0, atol=1e-6)

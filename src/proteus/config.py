@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import copy
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
@@ -47,6 +47,8 @@ class RunConfig(BaseModel):
     seed: int = 1993
     output_dir: str = "runs"
     device: str = "auto"  # "auto" picks cuda when available, else cpu
+    # "auto": bf16 autocast on a CUDA device that supports it, else fp32 (CPU runs stay fp32)
+    precision: Literal["auto", "fp32", "bf16"] = "auto"
     progress: bool = True
     data: list[Component]
     scenario: dict[str, Any]

@@ -20,6 +20,7 @@ import yaml
 from rich.console import Console
 
 from .backbones import BACKBONES, resolve_device
+from .backbones.base import autocast_context
 from .config import RunConfig
 from .data import DATASETS, ScenarioOptions, build_scenario, concat
 from .data.base import LabeledData, stack
@@ -75,6 +76,9 @@ def run(config: RunConfig, console: Console | None = None) -> dict[str, Any]:
     if hasattr(learner, "frozen_scope"):
         ctx.frozen_scope = learner.frozen_scope
 
+    def amp():
+        return autocast_context(device, config.precision)
+
     n_tasks = len(scenario.tasks)
     tracker = AccuracyTracker(n_tasks)
     timing: list[dict[str, float]] = []
@@ -86,14 +90,16 @@ def run(config: RunConfig, console: Console | None = None) -> dict[str, Any]:
 
     for task in scenario.tasks:
         t0 = time.perf_counter()
-        step_extras = learner.learn_task(task, ctx) or {}
+        with amp():
+            step_extras = learner.learn_task(task, ctx) or {}
         train_s = time.perf_counter() - t0
 
         t0 = time.perf_counter()
         seen = scenario.tasks[: task.index + 1]
         test = stack([t.test for t in seen])
         true_task = np.concatenate([np.full(len(t.test), t.index) for t in seen])
-        pred = learner.predict(test, ctx)
+        with amp():
+            pred = learner.predict(test, ctx)
         correct = pred.classes == test.labels
         for t in seen:
             mask = true_task == t.index

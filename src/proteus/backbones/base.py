@@ -7,7 +7,11 @@ no special casing.
 
 from __future__ import annotations
 
+import contextlib
+import functools
+import os
 import re
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Sequence
 
 import numpy as np
@@ -139,7 +143,8 @@ class ImagePreprocessor:
             x = (torch.stack([self._augment(img, generator) for img in batch]) if train
                  else _resize(batch, self.size))
         else:
-            images = [self._load(p) for p in items]
+            # decoding is I/O and C code that releases the GIL: threads keep a GPU fed
+            images = list(_decoder_pool().map(self._load, items))
             x = torch.stack([self._augment(img, generator) if train else self._center(img)
                              for img in images])
         return (x - self.mean) / self.std
@@ -198,6 +203,12 @@ class ImagePreprocessor:
         return img
 
 
+@functools.lru_cache(maxsize=1)
+def _decoder_pool() -> ThreadPoolExecutor:
+    return ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1),
+                              thread_name_prefix="proteus-decode")
+
+
 def stage_cat(states: list[Any]) -> Any:
     """Concatenate batches of stage outputs (tensors, or dicts of tensors) along samples."""
     if isinstance(states[0], dict):
@@ -218,6 +229,16 @@ def _resize(x: torch.Tensor, size: int) -> torch.Tensor:
         return x
     return torch.nn.functional.interpolate(x, size=(size, size), mode="bilinear",
                                            antialias=True, align_corners=False)
+
+
+def autocast_context(device: torch.device, precision: str) -> contextlib.AbstractContextManager:
+    """bf16 autocast for the backbone's matrix work on CUDA ("auto": where the GPU supports
+    bf16); fp32 otherwise. Heads and signatures compute in float64 on the CPU regardless."""
+    if device.type != "cuda" or precision == "fp32":
+        return contextlib.nullcontext()
+    if precision == "auto" and not torch.cuda.is_bf16_supported():
+        return contextlib.nullcontext()
+    return torch.autocast(device_type="cuda", dtype=torch.bfloat16)
 
 
 def resolve_device(name: str) -> torch.device:
