@@ -232,3 +232,19 @@ def test_save_load_predict_is_identical(driven):
     for k in range(T):
         assert np.allclose(model.learner._embed(items, k, 64), learner._embed(items, k, 64),
                            atol=1e-6), k
+
+
+def test_merged_inference_predicts_like_low_rank_products(driven):
+    learner, ctx, scenario = driven["learner"], driven["ctx"], driven["scenario"]
+    test = stack([t.test for t in scenario.tasks])
+    weights = {n: l.base.weight.detach().clone() for n, l in learner.pool.layers.items()}
+    before = learner.predict(test, ctx)
+    learner.options = learner.options.model_copy(update={"merge_for_inference": True})
+    try:
+        merged = learner.predict(test, ctx)
+    finally:
+        learner.options = learner.options.model_copy(update={"merge_for_inference": False})
+    assert np.array_equal(merged.tasks, before.tasks)
+    assert np.array_equal(merged.classes, before.classes)
+    for name, layer in learner.pool.layers.items():  # the dense weights are restored exactly
+        assert torch.equal(layer.base.weight, weights[name]), name

@@ -62,6 +62,9 @@ class ProteusOptions(LowRankOptions):
     # logits only over the retrieved task's classes: h_k was adapted to task k alone, so its
     # logits for other tasks' classes are the least reliable [ours; the paper uses all classes]
     restrict_to_task: bool = True
+    # fold the retrieved task's update into the dense weights for its forward passes (one dense
+    # matrix per layer instead of thin products; cheaper for large batches of one task)
+    merge_for_inference: bool = False
     certificate: Literal["every_task", "final", "off"] = "every_task"
 
 
@@ -200,7 +203,12 @@ class Proteus(LowRankLearner):
         classes = np.zeros(len(data), dtype=np.int64)
         for k in np.unique(tasks):
             rows = np.flatnonzero(tasks == k)
-            h = self._embed(data.items, int(k) if self.pool else None, ctx.batch_size, prefix, rows)
+            if self.pool is not None and self.options.merge_for_inference:
+                with self.pool.merged(int(k)):
+                    h = self._embed(data.items, None, ctx.batch_size, prefix, rows)
+            else:
+                h = self._embed(data.items, int(k) if self.pool else None, ctx.batch_size,
+                                prefix, rows)
             logits = self.head.logits(h)
             if self.options.restrict_to_task:
                 mask = np.full(logits.shape[1], -np.inf)
