@@ -65,8 +65,45 @@ def files_under(path: Path) -> set[Path]:
     return {p for p in path.rglob("*")}
 
 
+# the VTAB presets: datasets make the tasks; preset -> (fixture datasets, overrides)
+VTAB_CHECK_FIXTURES = {
+    "vtab-5t-small": ({"eurosat": 2, "resisc45": 2}, ["scenario.num_tasks=2"]),
+    "vtab-5t-large": ({"eurosat": 2, "oxford_flowers102": 3, "oxford_iiit_pet": 2,
+                       "patch_camelyon": 2, "resisc45": 2}, []),
+    "vtab-19t": ({"dtd": 2, "eurosat": 3}, ["data.0.datasets=[dtd, eurosat]"]),
+    "vtab-sim50": ({"dtd": 2, "svhn": 2, "kitti": 2},
+                   ["data.0.datasets=[dtd, svhn, kitti]",
+                    "scenario.dataset_groups={natural: [dtd, svhn], structured: [kitti]}"]),
+}
+
+
 def test_every_paper_preset_has_a_check_fixture():
-    assert {p.stem for p in PAPER.glob("*.yaml")} == set(PRESET_FIXTURES)
+    assert {p.stem for p in PAPER.glob("*.yaml")} == set(PRESET_FIXTURES) | set(
+        VTAB_CHECK_FIXTURES)
+
+
+@pytest.mark.parametrize("stem", sorted(VTAB_CHECK_FIXTURES))
+def test_check_vtab_preset_prints_plan_and_writes_nothing(tmp_path, capsys, stem):
+    datasets, overrides = VTAB_CHECK_FIXTURES[stem]
+    root = vtab_folder(tmp_path / "vtab", datasets)
+    runs = tmp_path / "runs"
+    before = files_under(tmp_path)
+    sets = [f"data.0.root={root}", f"output_dir={runs}", *overrides]
+    code = main(["check", str(PAPER / f"{stem}.yaml"), *[a for o in sets for a in ("--set", o)]])
+    out = capsys.readouterr().out
+    assert code == 0, out
+    assert "task plan" in out and "check passed" in out and "data order" in out
+    assert not runs.exists() and files_under(tmp_path) == before
+    summary = check(load_config(PAPER / f"{stem}.yaml", sets))
+    assert summary["num_classes"] == sum(datasets.values())
+    assert summary["num_test"] == 2 * summary["num_classes"]  # 2 test images per class
+    assert summary["class_order"]["seed"] is None
+    names = [set(t["class_names"]) for t in summary["tasks"]]
+    if stem == "vtab-sim50":  # a task's label space holds the classes mixed in from its group
+        assert names[0] == names[1] == {"dtd/c0", "dtd/c1", "svhn/c0", "svhn/c1"}
+        assert names[2] == {"kitti/c0", "kitti/c1"}  # alone in its group: pure
+    else:  # one dataset a task, in the preset's (here the fixture's) order
+        assert [{n.split("/")[0] for n in task} for task in names] == [{d} for d in datasets]
 
 
 # -- the command on each paper preset ------------------------------------------------------------

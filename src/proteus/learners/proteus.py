@@ -125,10 +125,10 @@ class Proteus(LowRankLearner):
         timing["train_units_s"] = time.perf_counter() - t0
 
         self.task_classes.append(list(task.classes))
-        top = max(task.classes) + 1
+        top = max(self.num_classes, max(task.classes) + 1)  # the class space never shrinks
         grown = np.zeros(top, dtype=np.int64)
         grown[: len(self.class_task)] = self.class_task
-        grown[task.classes] = k
+        grown[task.own_classes] = k  # a class belongs to the task that owns its test data
         self.class_task = grown
         self.num_classes = top
         self.tasks_learned += 1

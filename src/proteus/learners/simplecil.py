@@ -31,12 +31,12 @@ class SimpleCIL(Learner):
 
     def learn_task(self, task: Task, ctx: Context) -> dict:
         feats = ctx.features(task.train, desc=f"task {task.index}: embed train")
-        top = max(task.classes) + 1
+        top = max(self.num_classes, max(task.classes) + 1)  # the class space never shrinks
         if top > len(self.prototypes):
             grown = np.zeros((top, self.prototypes.shape[1]), dtype=np.float32)
             grown[: len(self.prototypes)] = self.prototypes
             self.prototypes = grown
-        for c in task.classes:
+        for c in task.own_classes:  # a few mixed-in samples must not replace a class's mean
             self.prototypes[c] = feats[task.train.labels == c].mean(axis=0)
         self.num_classes = top
         self.tasks_learned += 1
