@@ -50,6 +50,7 @@ VARIANTS = {
         "learner.signature={kind: dpgmm, covariance: full, l2_normalize: false}",
         "learner.signature_stages=[]"],
     "proteus, no retrieval (last task's backbone)": ["learner.retrieval=none"],
+    "proteus, no low-rank units (frozen backbone)": ["learner.train_adapters=false"],
 }
 # baselines run from their presets, configs/offline/baselines/<name>-<preset>.yaml
 BASELINES = ["simplecil", "ranpac", "seq-lora", "joint-lora", "o-lora", "inflora", "sd-lora",
