@@ -109,7 +109,9 @@ def render(store: dict, out_md: Path) -> None:
              "an unknown margin; the text preset had no say in the choice.", "",
              "Written by `benchmarks/results.py` from `docs/results.json`; rerun with the command "
              "at the end of each section. Mean ± std over the seeds listed (population std); "
-             "accuracies in percent; wall time of the whole run on a 2-core CPU machine.", ""]
+             "accuracies in percent; wall time of the whole run on a 2-core CPU machine (the "
+             "published runs shared those cores with other jobs, so their wall times are upper "
+             "bounds, not comparisons).", ""]
     for preset, variants in store.items():
         lines += [f"## {preset}: `{PRESETS[preset].relative_to(ROOT)}`", "",
                   "| variant | seeds | " + " | ".join(label for _, label in COLUMNS) + " |",
