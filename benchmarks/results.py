@@ -49,7 +49,10 @@ VARIANTS = {
     "proteus, frozen-space DP-GMM (paper signature)": [
         "learner.signature={kind: dpgmm, covariance: full, l2_normalize: false}",
         "learner.signature_stages=[]"],
-    "proteus, no retrieval (last task's backbone)": ["learner.retrieval=none"],
+    # every input through the last task's backbone, logits over all classes (restricting them
+    # to the last task's classes would make this ablation trivially 1/T)
+    "proteus, no retrieval (last task's backbone)": ["learner.retrieval=none",
+                                                     "learner.restrict_to_task=false"],
     "proteus, no low-rank units (frozen backbone)": ["learner.train_adapters=false"],
 }
 # baselines run from their presets, configs/offline/baselines/<name>-<preset>.yaml
