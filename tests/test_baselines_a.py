@@ -185,6 +185,34 @@ def test_ranpac_head_is_the_closed_form_ridge_on_all_frozen_features(driven):
     assert pred.tasks is None
 
 
+@pytest.mark.parametrize("name", list(LEARNERS))
+def test_task_il_accuracy_is_the_within_task_argmax(runs, driven, name):
+    metrics = runs[name]["results"]["metrics"]
+    # a correct class-IL answer is also correct once the task is given
+    assert metrics["task_il_accuracy"] >= metrics["final_accuracy"]
+    d = driven[name]
+    learner, scenario, ctx = d["learner"], d["scenario"], d["ctx"]
+    test, true_task = _all_test(scenario)
+    classes = [t.classes for t in scenario.tasks]
+    given = learner.predict_given_task(test, ctx, true_task, classes)
+    owner = {c: k for k, task_classes in enumerate(classes) for c in task_classes}
+    assert [owner[c] for c in given.tolist()] == true_task.tolist()  # answers in own task
+    scores = learner.scores(test, ctx)
+    if name == "s-prompts":  # no scores over all classes: task k's units and head answer
+        assert scores is None
+        for k in range(T):
+            rows = np.flatnonzero(true_task == k)
+            sub = stack([scenario.tasks[k].test])
+            alone = learner._classify(sub, ctx, np.full(len(sub), k))
+            assert np.array_equal(given[rows], alone)
+        return
+    assert scores.shape == (len(test), learner.num_classes)
+    assert np.array_equal(scores.argmax(1), learner.predict(test, ctx).classes)
+    for i in range(len(test)):
+        own = np.asarray(classes[true_task[i]])
+        assert given[i] == own[scores[i, own].argmax()]
+
+
 # -- seq-lora / joint-lora -----------------------------------------------------------------
 def test_seq_lora_forgets_and_joint_lora_does_not(runs):
     seq = runs["seq-lora"]["results"]["accuracy_matrix"]

@@ -210,3 +210,28 @@ def test_mean_std_over_tracker_summaries_and_bad_values():
     assert out["average_forgetting"]["n"] == 1  # None for the single-task run
     with pytest.raises(TypeError, match="a:"):
         mean_std([{"a": "0.5"}])
+
+
+def test_task_il_accuracy_is_recorded_once_and_checked():
+    tracker = AccuracyTracker(2)
+    tracker.record(0, 0, 8, 10)
+    assert tracker.summary()["task_il_accuracy"] is None
+    tracker.record(1, 0, 5, 10)
+    tracker.record(1, 1, 9, 10)
+    tracker.record_task_il(18, 20)
+    summary = tracker.summary()
+    assert summary["task_il_accuracy"] == pytest.approx(0.9)
+    assert summary["final_accuracy"] == pytest.approx(0.7)
+    with pytest.raises(ValueError, match="task-IL"):
+        tracker.record_task_il(21, 20)
+    with pytest.raises(ValueError, match="task-IL"):
+        tracker.record_task_il(0, 0)
+
+
+def test_argmax_within_task():
+    from proteus.learners.base import argmax_within_task
+    scores = np.array([[0.0, 5.0, 1.0, 2.0],
+                       [9.0, 0.0, 1.0, 2.0],
+                       [0.0, 0.0, 3.0, 2.0]])
+    got = argmax_within_task(scores, np.array([1, 1, 0]), [[0, 1], [2, 3]])
+    assert got.tolist() == [3, 3, 0]

@@ -126,6 +126,14 @@ def test_oracle_retrieval_is_exact(runs):
     assert np.array_equal(confusion, np.diag(_tests_per_task(results)))
 
 
+def test_task_il_accuracy_is_the_oracle_runs_final_accuracy(runs):
+    # given the true task, the default learner predicts exactly as with oracle retrieval
+    base, oracle = runs["base"]["results"]["metrics"], runs["oracle"]["results"]["metrics"]
+    assert base["task_il_accuracy"] == pytest.approx(oracle["final_accuracy"])
+    assert base["task_il_accuracy"] >= base["final_accuracy"]
+    assert oracle["task_il_accuracy"] == pytest.approx(oracle["final_accuracy"])
+
+
 def test_no_retrieval_picks_the_last_task(runs):
     results = runs["none"]["results"]
     n_test = _tests_per_task(results)

@@ -106,6 +106,12 @@ def run(config: RunConfig, console: Console | None = None) -> dict[str, Any]:
             tracker.record(task.index, t.index, int(correct[mask].sum()), int(mask.sum()))
         if pred.tasks is not None:
             tracker.record_retrieval(true_task, np.asarray(pred.tasks))
+        if task.index == n_tasks - 1:  # task-IL once, at the end: one more prediction pass
+            with amp():
+                given = learner.predict_given_task(test, ctx, true_task,
+                                                   [t.classes for t in scenario.tasks])
+            if given is not None:
+                tracker.record_task_il(int((np.asarray(given) == test.labels).sum()), len(test))
         eval_s = time.perf_counter() - t0
 
         step_timing = {"task": task.index, "train_s": round(train_s, 3), "eval_s": round(eval_s, 3),

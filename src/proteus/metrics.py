@@ -16,6 +16,11 @@ With ``T`` finished steps (last index ``L = T - 1``):
 * ``average_forgetting`` = ``(1/(T-1)) sum_{i<L} max_{i<=t<L} (acc[i, t] - acc[i, L])``
 * ``backward_transfer`` = ``(1/(T-1)) sum_{i<L} (acc[i, L] - acc[i, i])``
 * ``task_retrieval_accuracy``: fraction of test samples whose predicted task is their true task
+* ``task_il_accuracy``: after the last step, the fraction of all test samples classified
+  correctly when each sample's task is *given* (task-incremental accuracy: the answer is one of
+  its own task's classes). Beside ``final_accuracy`` it tells forgetting inside the
+  representation (both low) from a head that fails to compare tasks (task-IL high, final low).
+  None for a learner that cannot predict with a given task.
 
 Forgetting and backward transfer need an earlier step to compare against, so they are ``None``
 when ``T == 1``. Forgetting is not clipped at zero: a negative value honestly reports that every
@@ -37,6 +42,7 @@ METRIC_LABELS: dict[str, str] = {
     "average_forgetting": "average forgetting",
     "backward_transfer": "backward transfer",
     "task_retrieval_accuracy": "task-retrieval accuracy",
+    "task_il_accuracy": "task-IL accuracy (task given)",
 }
 
 
@@ -45,6 +51,7 @@ def metrics_from_matrix(
     accuracy_seen: np.ndarray,
     *,
     task_retrieval_accuracy: float | None = None,
+    task_il_accuracy: float | None = None,
 ) -> dict[str, float | None]:
     """All metrics of :data:`METRIC_LABELS` from an accuracy matrix and the ``A_t`` curve.
 
@@ -59,6 +66,7 @@ def metrics_from_matrix(
     result["task_retrieval_accuracy"] = (
         None if task_retrieval_accuracy is None else float(task_retrieval_accuracy)
     )
+    result["task_il_accuracy"] = None if task_il_accuracy is None else float(task_il_accuracy)
     if n == 0:
         return result
     if acc.ndim != 2 or acc.shape[0] < n or acc.shape[1] < n:
@@ -103,6 +111,7 @@ class AccuracyTracker:
     recorded: np.ndarray = field(init=False, repr=False)
     retrieval_confusion: np.ndarray | None = field(init=False, default=None)
     retrieval_accuracy_seen: list[float] = field(init=False, default_factory=list)
+    task_il_accuracy: float | None = field(init=False, default=None)
 
     def __post_init__(self) -> None:
         if int(self.num_tasks) < 1:
@@ -159,6 +168,12 @@ class AccuracyTracker:
         self.retrieval_confusion = confusion
         self.retrieval_accuracy_seen.append(float(np.trace(confusion) / true_task.size))
 
+    def record_task_il(self, correct: int, total: int) -> None:
+        """Task-incremental outcome (each sample's task given) of the last step's evaluation."""
+        if total <= 0 or not 0 <= correct <= total:
+            raise ValueError(f"task-IL counts correct={correct}, total={total} are not valid")
+        self.task_il_accuracy = correct / total
+
     @property
     def steps_done(self) -> int:
         """Finished steps: the leading run of filled columns (steps are learned in order)."""
@@ -195,6 +210,7 @@ class AccuracyTracker:
             self.accuracy_matrix(),
             self.accuracy_seen(),
             task_retrieval_accuracy=self.task_retrieval_accuracy,
+            task_il_accuracy=self.task_il_accuracy,
         )
 
 

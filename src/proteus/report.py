@@ -443,7 +443,6 @@ def summary_table(results: dict) -> Table:
     for key, label in METRIC_LABELS.items():
         table.add_row(label, _percent(metrics.get(key)))
     timing = results.get("timing") or []
-    columns = _timing_columns(timing)
     if timing:
         total = sum(_step_seconds(e) for e in timing)
         table.add_section()

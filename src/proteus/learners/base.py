@@ -94,8 +94,36 @@ class Learner(ABC):
     def load_state(self, tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> None:
         """Inverse of :meth:`state`."""
 
+    def scores(self, data: LabeledData, ctx: Context) -> np.ndarray | None:
+        """Scores over every class seen so far (N x num_classes) whose argmax is this learner's
+        class-incremental prediction; None for a learner whose prediction is not one argmax
+        over all classes (task retrieval first, then a per-task model)."""
+        return None
+
+    def predict_given_task(self, data: LabeledData, ctx: Context, tasks: np.ndarray,
+                           task_classes: list[list[int]]) -> np.ndarray | None:
+        """Task-incremental prediction: sample i's task ``tasks[i]`` is given, the answer is one
+        of ``task_classes[tasks[i]]``. The default takes the argmax of :meth:`scores` within the
+        task's classes (what the InfLoRA code reports beside class-incremental accuracy); None
+        when the learner has no scores and does not override this."""
+        scores = self.scores(data, ctx)
+        return None if scores is None else argmax_within_task(scores, tasks, task_classes)
+
     def parameter_counts(self) -> dict[str, int]:
         """Trained parameters in the last task and bytes of stored state."""
         tensors, _ = self.state()
         return {"trained_per_task": 0,
                 "stored_bytes": int(sum(t.numel() * t.element_size() for t in tensors.values()))}
+
+
+def argmax_within_task(scores: np.ndarray, tasks: np.ndarray,
+                       task_classes: list[list[int]]) -> np.ndarray:
+    """Per row i, the class of ``task_classes[tasks[i]]`` with the highest ``scores[i]``."""
+    scores = np.asarray(scores)
+    tasks = np.asarray(tasks)
+    out = np.zeros(len(scores), dtype=np.int64)
+    for k in np.unique(tasks):
+        rows = np.flatnonzero(tasks == k)
+        classes = np.asarray(task_classes[int(k)], dtype=np.int64)
+        out[rows] = classes[scores[np.ix_(rows, classes)].argmax(1)]
+    return out

@@ -200,6 +200,19 @@ class Proteus(LowRankLearner):
     def predict(self, data: LabeledData, ctx: Context) -> Prediction:
         prefix = self._prefix(data.items, ctx.batch_size)
         tasks = self.infer_tasks(data, ctx, prefix)
+        return Prediction(classes=self._classify(data, ctx, tasks, prefix), tasks=tasks)
+
+    def predict_given_task(self, data, ctx, tasks, task_classes) -> np.ndarray:
+        """Task k's backbone and the ridge logits restricted to task k's classes (the head's
+        task-incremental answer, whatever ``restrict_to_task`` says)."""
+        tasks = np.asarray(tasks, dtype=np.int64)
+        return self._classify(data, ctx, tasks, self._prefix(data.items, ctx.batch_size),
+                              restrict=True)
+
+    def _classify(self, data: LabeledData, ctx: Context, tasks: np.ndarray,
+                  prefix: torch.Tensor | None, restrict: bool | None = None) -> np.ndarray:
+        """Class of each sample by the backbone and (restricted) head of its task ``tasks[i]``."""
+        restrict = self.options.restrict_to_task if restrict is None else restrict
         classes = np.zeros(len(data), dtype=np.int64)
         for k in np.unique(tasks):
             rows = np.flatnonzero(tasks == k)
@@ -210,12 +223,12 @@ class Proteus(LowRankLearner):
                 h = self._embed(data.items, int(k) if self.pool else None, ctx.batch_size,
                                 prefix, rows)
             logits = self.head.logits(h)
-            if self.options.restrict_to_task:
+            if restrict:
                 mask = np.full(logits.shape[1], -np.inf)
                 mask[self.task_classes[k]] = 0.0
                 logits = logits + mask
             classes[rows] = logits.argmax(1)
-        return Prediction(classes=classes, tasks=tasks)
+        return classes
 
     # -- state ---------------------------------------------------------------------------
     def state(self):

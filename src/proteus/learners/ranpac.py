@@ -53,9 +53,11 @@ class RanPAC(Learner):
         self.tasks_learned += 1
         return {"ridge_lambda": lam}
 
+    def scores(self, data: LabeledData, ctx: Context) -> np.ndarray:
+        return self.head.logits(ctx.features(data, desc="embed test"))
+
     def predict(self, data: LabeledData, ctx: Context) -> Prediction:
-        logits = self.head.logits(ctx.features(data, desc="embed test"))
-        return Prediction(classes=logits.argmax(1).astype(np.int64))
+        return Prediction(classes=self.scores(data, ctx).argmax(1).astype(np.int64))
 
     def state(self):
         tensors, head_meta = self.head.state()

@@ -72,6 +72,13 @@ class SPrompts(LowRankLearner):
 
     def predict(self, data: LabeledData, ctx: Context) -> Prediction:
         tasks = retrieve(self.signatures.scores(ctx.features(data, desc="embed test")), "sample")
+        return Prediction(classes=self._classify(data, ctx, tasks), tasks=tasks.astype(np.int64))
+
+    def predict_given_task(self, data, ctx, tasks, task_classes) -> np.ndarray:
+        """Task k's units and head for the samples of task k."""
+        return self._classify(data, ctx, np.asarray(tasks, dtype=np.int64))
+
+    def _classify(self, data: LabeledData, ctx: Context, tasks: np.ndarray) -> np.ndarray:
         prefix = self._prefix(data.items, ctx.batch_size)
         classes = np.zeros(len(data), dtype=np.int64)
         for k in np.unique(tasks):
@@ -80,7 +87,7 @@ class SPrompts(LowRankLearner):
             with torch.inference_mode():
                 local = self.heads[k](torch.as_tensor(h, device=self.backbone.device)).argmax(1)
             classes[rows] = np.asarray(self.task_classes[k])[local.cpu().numpy()]
-        return Prediction(classes=classes, tasks=tasks.astype(np.int64))
+        return classes
 
     # -- state ---------------------------------------------------------------------------
     def state(self):

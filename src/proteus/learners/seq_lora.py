@@ -92,12 +92,15 @@ class SeqLoRA(LowRankLearner):
             extras["tasks_in_training"] = len(self._kept)
         return extras
 
-    def predict(self, data: LabeledData, ctx: Context) -> Prediction:
+    def scores(self, data: LabeledData, ctx: Context) -> np.ndarray:
         h = self._embed(data.items, "train" if self._units_ready else None, ctx.batch_size,
                         self._prefix(data.items, ctx.batch_size))
         with torch.inference_mode():
             logits = self.head(torch.as_tensor(h, device=self.backbone.device))
-        return Prediction(classes=logits.argmax(1).cpu().numpy().astype(np.int64))
+        return logits.float().cpu().numpy()
+
+    def predict(self, data: LabeledData, ctx: Context) -> Prediction:
+        return Prediction(classes=self.scores(data, ctx).argmax(1).astype(np.int64))
 
     # -- state ---------------------------------------------------------------------------
     def state(self):

@@ -42,9 +42,12 @@ class SimpleCIL(Learner):
         self.tasks_learned += 1
         return {}
 
+    def scores(self, data: LabeledData, ctx: Context) -> np.ndarray:
+        return cosine_scores(ctx.features(data, desc="embed test"),
+                             self.prototypes[: self.num_classes])
+
     def predict(self, data: LabeledData, ctx: Context) -> Prediction:
-        feats = ctx.features(data, desc="embed test")
-        return Prediction(classes=cosine_nearest(feats, self.prototypes[: self.num_classes]))
+        return Prediction(classes=self.scores(data, ctx).argmax(axis=1))
 
     def state(self):
         return ({"prototypes": torch.from_numpy(self.prototypes.copy())},
@@ -56,7 +59,9 @@ class SimpleCIL(Learner):
         self.tasks_learned = int(meta["tasks_learned"])
 
 
-def cosine_nearest(features: np.ndarray, prototypes: np.ndarray) -> np.ndarray:
+def cosine_scores(features: np.ndarray, prototypes: np.ndarray) -> np.ndarray:
+    """Cosine similarity of every feature row to every prototype row."""
     f = features / np.maximum(np.linalg.norm(features, axis=1, keepdims=True), 1e-12)
     p = prototypes / np.maximum(np.linalg.norm(prototypes, axis=1, keepdims=True), 1e-12)
-    return (f @ p.T).argmax(axis=1)
+    return f @ p.T
+
