@@ -30,7 +30,6 @@ Choices where the paper is silent or the code differs:
 from __future__ import annotations
 
 import math
-from typing import Literal
 
 import torch
 from pydantic import Field
@@ -90,7 +89,6 @@ class InfLoRAOptions(LoRABaselineOptions):
     threshold: float = Field(0.95, gt=0, le=1)  # eps for the first task (the authors' "lamb")
     threshold_final: float = Field(1.0, gt=0, le=1)  # eps approached at the last task ("lame")
     a_scale: float = Field(1 / math.sqrt(3), gt=0)  # designed rows' norm (authors' code)
-    head_loss: Literal["seen", "current"] = "current"
 
 
 @LEARNERS.register("inflora", InfLoRAOptions,

@@ -165,9 +165,9 @@ class LowRankLearner(Learner):
 class LoRABaselineOptions(LowRankOptions):
     # 1.0: the baselines' own code adds B A x unscaled (PROTEUS's 0.1 is its authors' choice)
     scale: float = 1.0
-    # "seen": CE over every class seen so far, every head row trains; "current": CE over the
-    # current task's classes only, older rows frozen (InfLoRA / SD-LoRA code: one head per task)
-    head_loss: Literal["seen", "current"] = "seen"
+    # "current": CE over the current task's classes only, older rows frozen (the InfLoRA and
+    # SD-LoRA code: one head per task); "seen": CE over every class seen so far, every row trains
+    head_loss: Literal["seen", "current"] = "current"
 
 
 class UnitPool(LowRankPool):
@@ -303,10 +303,13 @@ class LoRABaseline(LowRankLearner):
         h = torch.as_tensor(h, device=self.head_w.device)
         return h @ self.head_w.T + self.head_b
 
-    def predict(self, data: LabeledData, ctx: Context) -> Prediction:
+    def scores(self, data: LabeledData, ctx: Context) -> np.ndarray:
         if self.tasks_learned == 0:
-            return Prediction(classes=np.zeros(len(data), dtype=np.int64))
-        return Prediction(classes=self.logits(data, ctx).argmax(1).cpu().numpy())
+            return np.zeros((len(data), max(self.num_classes, 1)), dtype=np.float32)
+        return self.logits(data, ctx).float().cpu().numpy()
+
+    def predict(self, data: LabeledData, ctx: Context) -> Prediction:
+        return Prediction(classes=self.scores(data, ctx).argmax(1).astype(np.int64))
 
     # -- state ---------------------------------------------------------------------------------
     def state(self):

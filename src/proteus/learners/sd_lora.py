@@ -28,7 +28,6 @@ Choices where the paper is silent or the code differs:
 
 from __future__ import annotations
 
-from typing import Literal
 
 import torch
 from torch import nn
@@ -99,7 +98,7 @@ class SDLoRALayer(LowRankLayer):
 
 
 class SDLoRAOptions(LoRABaselineOptions):
-    head_loss: Literal["seen", "current"] = "current"
+    pass
 
 
 @LEARNERS.register("sd-lora", SDLoRAOptions,
