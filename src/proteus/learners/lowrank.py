@@ -151,6 +151,10 @@ class LowRankLearner(Learner):
                 if o.grad_clip:
                     torch.nn.utils.clip_grad_norm_(clipped, o.grad_clip)
                 optimiser.step()
+                # Autocast keeps the bf16 copy of every trainable leaf it casts until the
+                # outermost autocast context exits, and the engine holds one around the whole
+                # task: without this every step would run the first step's head weights.
+                torch.clear_autocast_cache()
                 losses.append(loss.detach())
             last = float(torch.stack(losses).mean()) if losses else last
         return last
