@@ -58,6 +58,13 @@ VARIANTS = {
 # baselines run from their presets, configs/offline/baselines/<name>-<preset>.yaml
 BASELINES = ["simplecil", "ranpac", "seq-lora", "joint-lora", "o-lora", "inflora", "sd-lora",
              "s-prompts"]
+# diagnostic variants of a baseline: (baseline, overrides on top of its preset)
+BASELINE_VARIANTS = {
+    "o-lora, CE over every seen class": ("o-lora", ["learner.head_loss=seen"]),
+    "joint-lora, 10 epochs": ("joint-lora", ["learner.epochs=10"]),
+}
+# what the protocol sanity check compares: learners trained by gradient on one task at a time
+CONTINUAL_LORA = ["seq-lora", "o-lora", "inflora", "sd-lora", "s-prompts"]
 COLUMNS = [("final_accuracy", "final accuracy"),
            ("task_il_accuracy", "task-IL acc. (task given)"),
            ("average_incremental_accuracy", "avg. incremental acc."),
@@ -94,6 +101,38 @@ def fmt(key: str, stat: dict) -> str:
     if key in ("signature_bytes_per_task", "signature_shared_bytes"):
         return f"{stat['mean'] / 1e6:.2f} MB"
     return f"{stat['mean']:.0f}" + (f" ± {stat['std']:.0f}" if stat["n"] > 1 else "")
+
+
+def _mean(runs: dict, key: str) -> float | None:
+    values = [r.get(key) for r in runs.values()]
+    return None if not values or None in values else float(np.mean(values))
+
+
+def sanity_check(variants: dict) -> list[str]:
+    """The protocol check of the baselines issue, from the measured runs: seq-lora must forget
+    and joint-lora must sit above the continual learners."""
+    lines = ["**Protocol sanity check** (means over the seeds measured; what the numbers mean "
+             "and why: [baselines.md](baselines.md)):"]
+    forgetting = _mean(variants.get("seq-lora", {}), "average_forgetting")
+    if forgetting is not None:
+        lines.append(f"- seq-lora average forgetting {100 * forgetting:.2f}: "
+                     + ("it forgets." if forgetting > 0.5 else "less than expected."))
+    joint = _mean(variants.get("joint-lora", {}), "final_accuracy")
+    if joint is not None:
+        for group, names in (("continual LoRA learners (gradient-trained, one task at a time)",
+                              CONTINUAL_LORA),
+                             ("analytic / retrieval learners", ["simplecil", "ranpac", "proteus"])):
+            finals = {n: _mean(variants[n], "final_accuracy") for n in names if n in variants}
+            finals = {n: v for n, v in finals.items() if v is not None}
+            if not finals:
+                continue
+            above = [n for n, v in finals.items() if v > joint]
+            best = max(finals, key=finals.get)
+            lines.append(f"- joint-lora final accuracy {100 * joint:.2f} vs the best of the "
+                         f"{group}, {best} {100 * finals[best]:.2f}: "
+                         + (f"above joint-lora: {', '.join(above)}." if above
+                            else "joint-lora is above all of them."))
+    return lines if len(lines) > 1 else []
 
 
 def render(store: dict, out_md: Path) -> None:
@@ -139,6 +178,7 @@ def render(store: dict, out_md: Path) -> None:
         plot = out_md.parent / f"results-{preset}.png"
         fig.savefig(plot, dpi=110)
         plt.close(fig)
+        lines += ["", *sanity_check(variants)]
         missing = [v for v in [*VARIANTS, *BASELINES] if v not in variants]
         if missing:
             lines += ["", "Not yet measured on this preset: " + "; ".join(missing) + "."]
@@ -153,25 +193,29 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--presets", nargs="+", choices=sorted(PRESETS), default=["vision"])
+    known = [*VARIANTS, *BASELINES, *BASELINE_VARIANTS]
     parser.add_argument("--variants", nargs="+", default=[*VARIANTS, *BASELINES],
-                        help=f"any of: {'; '.join([*VARIANTS, *BASELINES])}")
+                        help=f"any of: {'; '.join(known)}")
     parser.add_argument("--seeds", nargs="+", type=int, default=[1993, 1994, 1995])
     parser.add_argument("--store", type=Path, default=ROOT / "docs/results.json")
     parser.add_argument("--out", type=Path, default=ROOT / "docs/results.md")
     parser.add_argument("--runs-dir", default="runs/bench")
+    parser.add_argument("--render-only", action="store_true",
+                        help="rebuild the markdown table and plots from --store, run nothing")
     args = parser.parse_args(argv)
-    unknown = [v for v in args.variants if v not in VARIANTS and v not in BASELINES]
+    unknown = [v for v in args.variants if v not in known]
     if unknown:
-        parser.error(f"unknown variants {unknown}; valid: {list(VARIANTS) + BASELINES}")
+        parser.error(f"unknown variants {unknown}; valid: {known}")
     console = Console(stderr=True)
     store = json.loads(args.store.read_text()) if args.store.exists() else {}
-    for preset in args.presets:
+    for preset in [] if args.render_only else args.presets:
         for variant in args.variants:
             for seed in args.seeds:
                 slug = variant.replace(" ", "").replace(",", "_").replace("(", "").replace(")", "")
-                if variant in BASELINES:
-                    path = ROOT / f"configs/offline/baselines/{variant}-{preset}.yaml"
-                    overrides = []
+                if variant in BASELINES or variant in BASELINE_VARIANTS:
+                    base, changes = BASELINE_VARIANTS.get(variant, (variant, []))
+                    path = ROOT / f"configs/offline/baselines/{base}-{preset}.yaml"
+                    overrides = list(changes)
                 else:
                     path, overrides = PRESETS[preset], list(VARIANTS[variant])
                 overrides += [f"seed={seed}", "progress=false",
