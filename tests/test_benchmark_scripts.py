@@ -1,0 +1,70 @@
+"""The comparison script's generated sanity check and the head diagnostic, on tiny inputs."""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+import pytest
+import yaml
+
+from conftest import tiny_config_dict
+
+BENCH = Path(__file__).resolve().parent.parent / "benchmarks"
+
+
+def _load(name: str):
+    spec = importlib.util.spec_from_file_location(f"bench_{name}", BENCH / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _runs(**metrics_by_seed):
+    return {seed: dict(m) for seed, m in metrics_by_seed.items()}
+
+
+def test_sanity_check_reads_the_measured_runs():
+    results = _load("results")
+    variants = {
+        "seq-lora": _runs(a={"average_forgetting": 0.9, "final_accuracy": 0.1},
+                          b={"average_forgetting": 0.8, "final_accuracy": 0.1}),
+        "joint-lora": _runs(a={"final_accuracy": 0.8}, b={"final_accuracy": 0.9}),
+        "o-lora": _runs(a={"final_accuracy": 0.3}, b={"final_accuracy": 0.5}),
+        "s-prompts": _runs(a={"final_accuracy": 0.7}, b={"final_accuracy": 0.7}),
+        "proteus": _runs(a={"final_accuracy": 0.95}, b={"final_accuracy": 0.95}),
+        "ranpac": _runs(a={"final_accuracy": 0.6}, b={"final_accuracy": 0.6}),
+    }
+    text = "\n".join(results.sanity_check(variants))
+    assert "seq-lora average forgetting 85.00: it forgets." in text
+    assert "joint-lora final accuracy 85.00 vs the best of the continual LoRA" in text
+    assert "s-prompts 70.00: joint-lora is above all of them." in text
+    assert "proteus 95.00: above joint-lora: proteus." in text
+    variants["seq-lora"] = _runs(a={"average_forgetting": 0.1, "final_accuracy": 0.1})
+    variants["o-lora"] = _runs(a={"final_accuracy": 0.9})
+    text = "\n".join(results.sanity_check(variants))
+    assert "less than expected" in text and "above joint-lora: o-lora." in text
+    assert results.sanity_check({"simplecil": _runs(a={"final_accuracy": 0.5})}) == []
+
+
+def test_head_diagnostic_splits_class_il_from_task_il(tmp_path, monkeypatch, capsys):
+    diagnose = _load("diagnose_heads")
+    monkeypatch.chdir(tmp_path)
+    raw = tiny_config_dict(tmp_path / "runs", learner={"name": "o-lora", "rank": 2, "epochs": 2,
+                                                       "lr": 0.05, "batch_size": 16})
+    path = tmp_path / "o-lora.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    assert diagnose.main([str(path), "--seed", "1990"]) == 0
+    out = capsys.readouterr().out
+    assert "class-IL" in out and "task-IL" in out
+    all_row = [line for line in out.splitlines() if "│ " in line and "all" in line][-1]
+    cells = [c.strip() for c in all_row.strip("│ ").split("│")]
+    class_il, task_il, hist = float(cells[1]), float(cells[2]), cells[3].split()
+    assert 0 <= class_il <= task_il <= 100
+    assert sum(int(c) for c in hist) == 48 and len(hist) == 3  # every test sample, 3 tasks
+
+    raw["learner"] = {"name": "s-prompts", "rank": 2, "epochs": 1}
+    path.write_text(yaml.safe_dump(raw))
+    with pytest.raises(SystemExit):
+        diagnose.main([str(path)])
+    assert "no scores over all classes" in capsys.readouterr().err
