@@ -146,6 +146,16 @@ def test_results_describe_tasks_and_parameters(runs):
     assert results["learner"] == "simplecil" and results["backbone"] == "tiny-vit"
     assert results["parameters"]["stored_bytes"] == TINY_NUM_CLASSES * 32 * 4  # 6 x 32 float32
     assert len(results["timing"]) == T
+    # the task-IL pass runs once, after the last task, and is timed apart from eval_s
+    assert ["task_il_eval_s" in step for step in results["timing"]] == [False] * (T - 1) + [True]
+
+
+def test_task_il_accuracy_is_reported_for_simplecil(runs):
+    metrics = read_json(runs["base"] / "results.json")["metrics"]
+    assert isinstance(metrics["task_il_accuracy"], float)
+    assert metrics["final_accuracy"] <= metrics["task_il_accuracy"] <= 1.0
+    report = (runs["base"] / "report.md").read_text()
+    assert "task-IL accuracy (task given)" in report
 
 
 def test_metrics_jsonl_has_one_line_per_task(runs):

@@ -315,10 +315,12 @@ def _timing_md(timing: list[dict]) -> list[str]:
 
 
 def _step_seconds(entry: dict) -> float:
-    """Wall time of one step: train + eval. Learners report finer phases (signature_s, ...)
-    that lie inside train_s, so summing every *_s key would count them twice."""
+    """Wall time of one step: train + eval (+ the last step's task-IL pass). Learners report
+    finer phases (signature_s, ...) that lie inside train_s, so summing every *_s key would
+    count them twice."""
     if _is_number(entry.get("train_s")) or _is_number(entry.get("eval_s")):
-        return sum(entry[k] for k in ("train_s", "eval_s") if _is_number(entry.get(k)))
+        return sum(entry[k] for k in ("train_s", "eval_s", "task_il_eval_s")
+                   if _is_number(entry.get(k)))
     return sum(v for k, v in entry.items() if k.endswith("_s") and _is_number(v))
 
 
