@@ -164,8 +164,13 @@ def render(store: dict, out_md: Path) -> None:
             seeds = sorted(runs)
             stats = mean_std([{k: v for k, v in runs[s].items() if k != "accuracy_seen"}
                               for s in seeds])
-            cells = [fmt(key, stats.get(key, {"mean": None, "std": None, "n": 0}))
-                     for key, _ in COLUMNS]
+            cells = []
+            for key, _ in COLUMNS:
+                stat = stats.get(key, {"mean": None, "std": None, "n": 0})
+                cell = fmt(key, stat)
+                if stat["mean"] is not None and stat["n"] < len(seeds):  # older runs lack it
+                    cell += f" ({stat['n']} of {len(seeds)} seeds)"
+                cells.append(cell)
             lines.append(f"| {variant} | {', '.join(seeds)} | " + " | ".join(cells) + " |")
             curve = np.mean([runs[s]["accuracy_seen"] for s in seeds], axis=0)
             ax.plot(range(1, len(curve) + 1), 100 * curve, marker="o", label=variant)
