@@ -30,10 +30,8 @@ sys.path.insert(0, str(ROOT / "src"))
 
 import proteus  # noqa: E402
 from proteus import engine  # noqa: E402
-from proteus.backbones import BACKBONES  # noqa: E402
-from proteus.backbones.base import autocast_context, resolve_device  # noqa: E402
+from proteus.backbones.base import autocast_context  # noqa: E402
 from proteus.data import stack  # noqa: E402
-from proteus.learners import Context  # noqa: E402
 from proteus.learners.base import argmax_within_task  # noqa: E402
 
 
@@ -48,16 +46,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.seed is not None:
         overrides.append(f"seed={args.seed}")
     config = proteus.load_config(args.config, overrides)
-    engine.seed_everything(config.seed)
-    scenario, _ = engine.prepare(config)
-    device = resolve_device(config.device)
-    backbone = BACKBONES.build(config.backbone.name, config.backbone.options,
-                               where="backbone").to(device)
-    learner = engine.build_learner(config, backbone)
-    ctx = Context(backbone=backbone, seed=config.seed, batch_size=config.eval.batch_size,
-                  progress=False, num_tasks=len(scenario.tasks))
-    if hasattr(learner, "frozen_scope"):
-        ctx.frozen_scope = learner.frozen_scope
+    scenario, _, device, learner, ctx = engine.setup(config)
     console = Console()
     for task in scenario.tasks:
         with autocast_context(device, config.precision):

@@ -62,8 +62,8 @@ def prepare(config: RunConfig) -> tuple[Scenario, Path]:
     return scenario, run_dir
 
 
-def run(config: RunConfig, console: Console | None = None) -> dict[str, Any]:
-    console = console or Console(stderr=True)
+def setup(config: RunConfig) -> tuple[Scenario, Path, torch.device, Learner, Context]:
+    """Seed, :func:`prepare`, and build the backbone, the learner and its context."""
     seed_everything(config.seed)
     scenario, run_dir = prepare(config)
     device = resolve_device(config.device)
@@ -75,6 +75,12 @@ def run(config: RunConfig, console: Console | None = None) -> dict[str, Any]:
     # a learner that installs adapters tells the context how to switch them off
     if hasattr(learner, "frozen_scope"):
         ctx.frozen_scope = learner.frozen_scope
+    return scenario, run_dir, device, learner, ctx
+
+
+def run(config: RunConfig, console: Console | None = None) -> dict[str, Any]:
+    console = console or Console(stderr=True)
+    scenario, run_dir, device, learner, ctx = setup(config)
 
     def amp():
         return autocast_context(device, config.precision)

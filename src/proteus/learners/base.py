@@ -82,9 +82,14 @@ class Learner(ABC):
     def learn_task(self, task: Task, ctx: Context) -> dict[str, Any]:
         """Learn one task; returns learner-specific extras for the results (may be empty)."""
 
-    @abstractmethod
     def predict(self, data: LabeledData, ctx: Context) -> Prediction:
-        """Predict class positions (and task ids where the learner infers them)."""
+        """Predict class positions (and task ids where the learner infers them). The default is
+        the argmax of :meth:`scores`; a learner without scores over all classes overrides it."""
+        scores = self.scores(data, ctx)
+        if scores is None:
+            raise NotImplementedError(f"{type(self).__name__} must implement predict() or "
+                                      "scores()")
+        return Prediction(classes=np.asarray(scores).argmax(1).astype(np.int64))
 
     @abstractmethod
     def state(self) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:

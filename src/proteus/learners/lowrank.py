@@ -27,7 +27,7 @@ from ..data.base import LabeledData, take
 from ..data.scenario import Task
 from ..lora import LowRankLayer, LowRankPool
 from ..registry import Options
-from .base import Context, Learner, Prediction
+from .base import Context, Learner
 
 
 class LowRankOptions(Options):
@@ -311,9 +311,6 @@ class LoRABaseline(LowRankLearner):
         if self.tasks_learned == 0:
             return np.zeros((len(data), max(self.num_classes, 1)), dtype=np.float32)
         return self.logits(data, ctx).float().cpu().numpy()
-
-    def predict(self, data: LabeledData, ctx: Context) -> Prediction:
-        return Prediction(classes=self.scores(data, ctx).argmax(1).astype(np.int64))
 
     # -- state ---------------------------------------------------------------------------------
     def state(self):

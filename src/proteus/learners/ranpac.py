@@ -29,7 +29,7 @@ from ..data.base import LabeledData
 from ..data.scenario import Task
 from ..heads import RidgeHead
 from ..registry import Options
-from .base import LEARNERS, Context, Learner, Prediction
+from .base import LEARNERS, Context, Learner
 
 
 class RanPACOptions(Options):
@@ -55,9 +55,6 @@ class RanPAC(Learner):
 
     def scores(self, data: LabeledData, ctx: Context) -> np.ndarray:
         return self.head.logits(ctx.features(data, desc="embed test"))
-
-    def predict(self, data: LabeledData, ctx: Context) -> Prediction:
-        return Prediction(classes=self.scores(data, ctx).argmax(1).astype(np.int64))
 
     def state(self):
         tensors, head_meta = self.head.state()

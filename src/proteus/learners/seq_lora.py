@@ -36,7 +36,7 @@ from torch import nn
 
 from ..data.base import LabeledData, stack
 from ..data.scenario import Task
-from .base import LEARNERS, Context, Prediction
+from .base import LEARNERS, Context
 from .lowrank import LowRankLearner, LowRankOptions
 
 
@@ -98,9 +98,6 @@ class SeqLoRA(LowRankLearner):
         with torch.inference_mode():
             logits = self.head(torch.as_tensor(h, device=self.backbone.device))
         return logits.float().cpu().numpy()
-
-    def predict(self, data: LabeledData, ctx: Context) -> Prediction:
-        return Prediction(classes=self.scores(data, ctx).argmax(1).astype(np.int64))
 
     # -- state ---------------------------------------------------------------------------
     def state(self):

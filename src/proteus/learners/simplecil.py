@@ -13,7 +13,7 @@ import torch
 from ..data.base import LabeledData
 from ..data.scenario import Task
 from ..registry import Options
-from .base import LEARNERS, Context, Learner, Prediction
+from .base import LEARNERS, Context, Learner
 
 
 class SimpleCILOptions(Options):
@@ -45,9 +45,6 @@ class SimpleCIL(Learner):
     def scores(self, data: LabeledData, ctx: Context) -> np.ndarray:
         return cosine_scores(ctx.features(data, desc="embed test"),
                              self.prototypes[: self.num_classes])
-
-    def predict(self, data: LabeledData, ctx: Context) -> Prediction:
-        return Prediction(classes=self.scores(data, ctx).argmax(axis=1))
 
     def state(self):
         return ({"prototypes": torch.from_numpy(self.prototypes.copy())},
