@@ -16,6 +16,8 @@ import pytest
 import torch
 import yaml
 
+from proteus.storage import save_model
+
 # Set at import time: huggingface_hub reads these when it is first imported.
 os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ["TRANSFORMERS_OFFLINE"] = "1"
@@ -80,7 +82,7 @@ def tiny_config_file(tmp_path: Path, tiny_config: dict[str, Any]) -> Path:
     return path
 
 
-@pytest.fixture
+@pytest.fixture(scope="module")
 def one_thread():
     """One intra-op thread: on a shared, busy CPU multi-threaded LAPACK calls (eigh) can take
     ~1000x longer while threads wait for each other."""
@@ -88,3 +90,21 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
+
+
+def save_driven(path: Path, learner, config, scenario) -> Path:
+    """Save a learner driven task by task in a test as ``proteus run`` saves its model."""
+    return save_model(path, learner=learner, backbone_config=config.backbone.resolved(),
+                      learner_config=config.learner.resolved(), class_names=scenario.class_names,
+                      class_order=scenario.class_order, extra={"seed": config.seed})
+
+
+def assert_matches_last_column(ids, scenario, acc) -> None:
+    """``ids`` (predictions for every task's test data, in task order) score, task by task,
+    the last column of the accuracy matrix ``acc``."""
+    start, last = 0, len(scenario.tasks) - 1
+    for task in scenario.tasks:
+        n = len(task.test)
+        got = float((ids[start:start + n] == task.test.labels).mean())
+        assert got == pytest.approx(acc[task.index][last]), task.index
+        start += n

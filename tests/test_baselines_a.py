@@ -22,9 +22,8 @@ from proteus.config import validate
 from proteus.data import ScenarioOptions, build_scenario, stack
 from proteus.engine import build_learner, load_data
 from proteus.learners import Context
-from proteus.storage import save_model
 
-from conftest import TINY_NUM_TASKS
+from conftest import TINY_NUM_TASKS, save_driven
 
 T = TINY_NUM_TASKS
 LORA = {"rank": 2, "epochs": 8, "lr": 1e-2, "batch_size": 16}
@@ -36,12 +35,7 @@ LEARNERS = {
 }
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _learner_cfg(name: str) -> dict:
@@ -146,10 +140,7 @@ def test_loaded_model_reproduces_the_run(runs, name):
 def test_save_load_predict_is_identical(driven, name):
     d = driven[name]
     learner, config, scenario = d["learner"], d["config"], d["scenario"]
-    path = save_model(d["root"] / f"{name}-model", learner=learner,
-                      backbone_config=config.backbone.resolved(),
-                      learner_config=config.learner.resolved(), class_names=scenario.class_names,
-                      class_order=scenario.class_order, extra={"seed": config.seed})
+    path = save_driven(d["root"] / f"{name}-model", learner, config, scenario)
     test, _ = _all_test(scenario)
     before = learner.predict(test, d["ctx"])
     model = proteus.load_model(path, device="cpu")

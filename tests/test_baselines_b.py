@@ -28,22 +28,15 @@ from proteus.data import ScenarioOptions, build_scenario, stack
 from proteus.engine import build_learner, load_data
 from proteus.learners import Context
 from proteus.learners.inflora import design_down_projection, update_memory
-from proteus.storage import save_model
 
-from conftest import TINY_NUM_TASKS, tiny_config_dict
+from conftest import TINY_NUM_TASKS, assert_matches_last_column, save_driven, tiny_config_dict
 
 T = TINY_NUM_TASKS
 NAMES = ["o-lora", "inflora", "sd-lora"]
 BASE = {"rank": 2, "epochs": 1, "batch_size": 16}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """One intra-op thread: on a shared, busy CPU extra threads mostly wait for each other."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _scenario(raw: dict, manifest: Path | None = None):
@@ -103,12 +96,7 @@ def test_end_to_end_run_learns_and_reloads(runs, name):
     test = stack([t.test for t in scenario.tasks])
     ids = np.asarray(model.predict(test.items)["class_ids"])
     assert ids.max() < 2 * T  # among all classes seen, not only the last task's
-    start = 0
-    for task in scenario.tasks:
-        n = len(task.test)
-        got = float((ids[start:start + n] == task.test.labels).mean())
-        assert got == pytest.approx(acc[task.index][T - 1]), task.index
-        start += n
+    assert_matches_last_column(ids, scenario, acc)
 
 
 # -- driven learners -----------------------------------------------------------------------------
@@ -279,10 +267,7 @@ def test_sdlora_new_task_starts_from_the_previous_model(tmp_path):
 def test_save_load_predict_is_identical(which, olora, inflora, sdlora):
     out = {"o-lora": olora[0.5], "inflora": inflora, "sd-lora": sdlora}[which]
     learner, ctx, config, scenario = out["learner"], out["ctx"], out["config"], out["scenario"]
-    path = save_model(out["root"] / f"model-{which}", learner=learner,
-                      backbone_config=config.backbone.resolved(),
-                      learner_config=config.learner.resolved(), class_names=scenario.class_names,
-                      class_order=scenario.class_order, extra={"seed": config.seed})
+    path = save_driven(out["root"] / f"model-{which}", learner, config, scenario)
     test = stack([t.test for t in scenario.tasks])
     before = learner.predict(test, ctx)
     model = proteus.load_model(path, device="cpu")

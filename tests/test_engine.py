@@ -23,7 +23,7 @@ from proteus.data import ScenarioOptions, build_scenario, stack
 from proteus.engine import build_learner, load_data
 from proteus.learners import Context
 
-from conftest import TINY_NUM_CLASSES, TINY_NUM_TASKS
+from conftest import TINY_NUM_CLASSES, TINY_NUM_TASKS, assert_matches_last_column
 
 METRIC_KEYS = ("final_accuracy", "average_incremental_accuracy", "average_accuracy",
                "average_forgetting", "backward_transfer")
@@ -259,12 +259,7 @@ def test_loaded_model_predicts_like_the_run(runs):
 
     # per-task accuracy of the reloaded model = the last column of the run's matrix
     acc = read_json(runs["base"] / "results.json")["accuracy_matrix"]
-    start = 0
-    for task in scenario.tasks:
-        n = len(task.test)
-        got = float((ids[start:start + n] == task.test.labels).mean())
-        assert got == pytest.approx(acc[task.index][T - 1]), task.index
-        start += n
+    assert_matches_last_column(ids, scenario, acc)
 
     # and exactly the predictions of a freshly trained learner on the same split
     backbone = BACKBONES.build(config.backbone.name, config.backbone.options)

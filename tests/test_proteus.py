@@ -19,9 +19,8 @@ from proteus.config import validate
 from proteus.data import ScenarioOptions, build_scenario, stack
 from proteus.engine import build_learner, load_data
 from proteus.learners import Context
-from proteus.storage import save_model
 
-from conftest import TINY_NUM_TASKS
+from conftest import TINY_NUM_TASKS, save_driven
 
 T = TINY_NUM_TASKS
 LEARNER = {"name": "proteus", "rank": 2, "epochs": 1, "proj_dim": 256, "batch_size": 16}
@@ -34,13 +33,7 @@ VARIANTS = {
 }
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """One intra-op thread: on a shared, busy CPU extra threads mostly wait for each other."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def read_json(path: Path):
@@ -225,10 +218,7 @@ def test_task0_embeddings_never_change(driven):
 def test_save_load_predict_is_identical(driven):
     learner, ctx, config = driven["learner"], driven["ctx"], driven["config"]
     scenario = driven["scenario"]
-    path = save_model(driven["root"] / "model", learner=learner,
-                      backbone_config=config.backbone.resolved(),
-                      learner_config=config.learner.resolved(), class_names=scenario.class_names,
-                      class_order=scenario.class_order, extra={"seed": config.seed})
+    path = save_driven(driven["root"] / "model", learner, config, scenario)
     test = stack([t.test for t in scenario.tasks])
     before = learner.predict(test, ctx)
     model = proteus.load_model(path, device="cpu")
