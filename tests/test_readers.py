@@ -1088,3 +1088,16 @@ def test_cub200_errors_name_file_line_and_layout(tmp_path, case, file, expect):
     assert msg.startswith(str(path if path is not None else root) + ":"), msg
     if case not in ("duplicate", "bad-flag", "unknown-class", "extra-id"):
         assert "root/images.txt" in msg and "root/train_test_split.txt" in msg
+
+
+def test_text_table_empty_file_and_empty_label(tmp_path):
+    empty = tmp_path / "empty.csv"
+    empty.write_text("", encoding="utf-8")
+    with pytest.raises(DataError, match="empty file") as err:
+        read_text_table(TextTableOptions(path=str(empty)))
+    assert str(empty) in str(err.value)
+    labels = tmp_path / "labels.csv"
+    labels.write_text("text,label\nfine,a\nalso fine,\n", encoding="utf-8")
+    with pytest.raises(DataError, match="empty label") as err:
+        read_text_table(TextTableOptions(path=str(labels)))
+    assert f"{labels}: line 3" in str(err.value)
