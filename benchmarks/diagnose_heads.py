@@ -29,7 +29,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "src"))
 
 import proteus  # noqa: E402
-from proteus import engine  # noqa: E402
+from proteus.assemble import assemble  # noqa: E402
 from proteus.backbones.base import autocast_context  # noqa: E402
 from proteus.data import stack  # noqa: E402
 from proteus.learners.base import argmax_within_task  # noqa: E402
@@ -46,7 +46,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.seed is not None:
         overrides.append(f"seed={args.seed}")
     config = proteus.load_config(args.config, overrides)
-    scenario, _, device, learner, ctx = engine.setup(config)
+    run = assemble(config)
+    scenario, device, learner, ctx = run.scenario, run.device, run.learner, run.ctx
     console = Console()
     for task in scenario.tasks:
         with autocast_context(device, config.precision):

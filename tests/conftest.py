@@ -16,7 +16,7 @@ import pytest
 import torch
 import yaml
 
-from proteus.storage import save_model
+from proteus.storage import SaveSpec, save_model
 
 # Set at import time: huggingface_hub reads these when it is first imported.
 os.environ["HF_HUB_OFFLINE"] = "1"
@@ -94,9 +94,11 @@ def one_thread():
 
 def save_driven(path: Path, learner, config, scenario) -> Path:
     """Save a learner driven task by task in a test as ``proteus run`` saves its model."""
-    return save_model(path, learner=learner, backbone_config=config.backbone.resolved(),
-                      learner_config=config.learner.resolved(), class_names=scenario.class_names,
-                      class_order=scenario.class_order, extra={"seed": config.seed})
+    save_model(path, learner=learner, fresh=True, spec=SaveSpec(
+        backbone_config=config.backbone.resolved(), backbone_fingerprint=None,
+        learner_config=config.learner.resolved(), class_names=scenario.class_names,
+        class_order=scenario.class_order, extra={"seed": config.seed}))
+    return path
 
 
 def assert_matches_last_column(ids, scenario, acc) -> None:

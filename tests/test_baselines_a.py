@@ -20,7 +20,7 @@ import proteus
 from proteus.backbones import BACKBONES
 from proteus.config import validate
 from proteus.data import ScenarioOptions, build_scenario, stack
-from proteus.engine import build_learner, load_data
+from proteus.assemble import build_learner, load_data
 from proteus.learners import Context
 
 from conftest import TINY_NUM_TASKS, save_driven
@@ -57,7 +57,7 @@ def _scenario(raw: dict, manifest: Path | None = None):
     config = validate(raw)
     options = (ScenarioOptions(manifest=str(manifest)) if manifest
                else ScenarioOptions.model_validate(config.scenario))
-    return config, build_scenario(load_data(config), options, seed=config.seed)
+    return config, build_scenario(load_data(config.data), options, seed=config.seed)
 
 
 @pytest.fixture(scope="module")
@@ -69,13 +69,12 @@ def driven(tmp_path_factory, make_tiny_config):
         raw = make_tiny_config(root, name=name, learner=_learner_cfg(name))
         config, scenario = _scenario(raw)
         backbone = BACKBONES.build(config.backbone.name, config.backbone.options)
-        learner = build_learner(config, backbone)
-        ctx = Context(backbone=backbone, seed=config.seed, batch_size=64, progress=False)
-        if hasattr(learner, "frozen_scope"):
-            ctx.frozen_scope = learner.frozen_scope
+        learner = build_learner(config.learner, backbone, config.seed)
+        ctx = Context(backbone=backbone, seed=config.seed, batch_size=64, progress=False,
+                      frozen_scope=learner.frozen_scope)
         snapshots, extras = [], []
         for task in scenario.tasks:
-            extras.append(learner.learn_task(task, ctx))
+            extras.append(learner.learn_task(task, ctx).extras)
             snapshots.append(_snapshot(learner))
         out[name] = {"config": config, "scenario": scenario, "learner": learner, "ctx": ctx,
                      "snapshots": snapshots, "extras": extras, "root": root}
@@ -113,7 +112,7 @@ def test_runs_end_to_end(runs, name):
     assert acc[0][0] >= 0.75  # task 0 learned (chance 0.5)
     if name != "seq-lora":  # (seq-lora keeps only the last task: tested below)
         assert results["accuracy_seen"][-1] >= 0.6  # chance 1/6
-    assert (runs[name]["dir"] / "model" / "state.safetensors").is_file()
+    assert (runs[name]["dir"] / "model" / "manifest.json").is_file()
     has_retrieval = results["metrics"].get("task_retrieval_accuracy") is not None
     assert has_retrieval == (name == "s-prompts")
 
@@ -287,7 +286,7 @@ def test_training_under_autocast_runs_the_current_weights(make_tiny_config, tmp_
     raw = make_tiny_config(tmp_path, learner=_learner_cfg("seq-lora"))
     config, scenario = _scenario(raw)
     backbone = BACKBONES.build(config.backbone.name, config.backbone.options)
-    learner = build_learner(config, backbone)
+    learner = build_learner(config.learner, backbone, config.seed)
     ctx = Context(backbone=backbone, seed=config.seed, batch_size=64, progress=False,
                   frozen_scope=learner.frozen_scope)
     probe = torch.randn(3, backbone.embed_dim)

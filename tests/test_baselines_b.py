@@ -25,7 +25,7 @@ import proteus
 from proteus.backbones import BACKBONES
 from proteus.config import validate
 from proteus.data import ScenarioOptions, build_scenario, stack
-from proteus.engine import build_learner, load_data
+from proteus.assemble import build_learner, load_data
 from proteus.learners import Context
 from proteus.learners.inflora import design_down_projection, update_memory
 
@@ -43,7 +43,7 @@ def _scenario(raw: dict, manifest: Path | None = None):
     config = validate(raw)
     options = (ScenarioOptions(manifest=str(manifest)) if manifest
                else ScenarioOptions.model_validate(config.scenario))
-    return config, build_scenario(load_data(config), options, seed=config.seed)
+    return config, build_scenario(load_data(config.data), options, seed=config.seed)
 
 
 def _drive(root: Path, name: str, learner: dict, tasks: int = T, after_task=None) -> dict:
@@ -52,12 +52,12 @@ def _drive(root: Path, name: str, learner: dict, tasks: int = T, after_task=None
     raw = tiny_config_dict(root, name=name, learner=learner)
     config, scenario = _scenario(raw)
     backbone = BACKBONES.build(config.backbone.name, config.backbone.options)
-    model = build_learner(config, backbone)
+    model = build_learner(config.learner, backbone, config.seed)
     ctx = Context(backbone=backbone, seed=config.seed, batch_size=64, progress=False,
                   num_tasks=len(scenario.tasks), frozen_scope=model.frozen_scope)
     extras = []
     for task in scenario.tasks[:tasks]:
-        extras.append(model.learn_task(task, ctx))
+        extras.append(model.learn_task(task, ctx).extras)
         if after_task is not None:
             after_task(model, task.index)
     return {"config": config, "scenario": scenario, "learner": model, "ctx": ctx,

@@ -146,13 +146,13 @@ def test_check_paper_preset_prints_plan_and_writes_nothing(tmp_path, capsys, ste
 def test_check_plan_matches_what_a_run_would_use(tmp_path):
     """The plan is the run's: same class order and per-task ids as the scenario builder's."""
     from proteus.data import ScenarioOptions, build_scenario
-    from proteus.engine import load_data
+    from proteus.assemble import load_data
 
     root = image_folder(tmp_path / "imagenet-r", classes=6)
     config = load_config(PAPER / "imagenet-r-10t.yaml",
                          [f"data.0.root={root}", "scenario.num_tasks=3", "seed=7"])
     summary = check(config)
-    scenario = build_scenario(load_data(config), ScenarioOptions.model_validate(config.scenario), 7)
+    scenario = build_scenario(load_data(config.data), ScenarioOptions.model_validate(config.scenario), 7)
     assert summary["class_order"]["order"] == scenario.class_order
     assert [(t["num_train"], t["num_test"]) for t in summary["tasks"]] == \
         [(len(t.train), len(t.test)) for t in scenario.tasks]

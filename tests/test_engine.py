@@ -20,7 +20,7 @@ from proteus.backbones import BACKBONES
 from proteus.cli import main
 from proteus.config import validate
 from proteus.data import ScenarioOptions, build_scenario, stack
-from proteus.engine import build_learner, load_data
+from proteus.assemble import build_learner, load_data
 from proteus.learners import Context
 
 from conftest import TINY_NUM_CLASSES, TINY_NUM_TASKS, assert_matches_last_column
@@ -66,7 +66,8 @@ def runs(tmp_path_factory, make_tiny_config):
 def test_run_directory_has_every_output(runs):
     run_dir = runs["base"]
     for name in ("config.yaml", "class_order.json", "split_manifest.json", "metrics.jsonl",
-                 "results.json", "report.md", "model/manifest.json", "model/state.safetensors"):
+                 "results.json", "report.md", "model/manifest.json", "model/v0001/model.json",
+                 "model/v0001/serve.safetensors"):
         path = run_dir / name
         assert path.is_file() and path.stat().st_size > 0, name
     pngs = sorted(run_dir.glob("*.png"))
@@ -75,6 +76,7 @@ def test_run_directory_has_every_output(runs):
         assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", png
     # atomic writes leave no temp files or half-replaced model directories behind
     assert not [p.name for p in run_dir.iterdir() if p.name.startswith(".")]
+    assert not (run_dir / "checkpoint").exists()  # a complete run needs no checkpoint
     assert "base" in (run_dir / "report.md").read_text()
 
 
@@ -207,7 +209,7 @@ def test_manifest_reuse_gives_the_same_tasks(runs):
     assert reuse["accuracy_matrix"] == base["accuracy_matrix"]
     # and the manifest mattered: seed 5 on its own orders the classes differently
     config = validate(runs["base_raw"])
-    fresh = build_scenario(load_data(config), ScenarioOptions(num_tasks=T), seed=5)
+    fresh = build_scenario(load_data(config.data), ScenarioOptions(num_tasks=T), seed=5)
     assert fresh.class_order != base["class_order"]
 
 
@@ -242,7 +244,7 @@ def test_cli_report_on_a_non_run_dir_exits_2(tmp_path, capsys):
 def _test_set(runs):
     config = validate(runs["base_raw"])
     options = ScenarioOptions(manifest=str(runs["base"] / "split_manifest.json"))
-    scenario = build_scenario(load_data(config), options, seed=config.seed)
+    scenario = build_scenario(load_data(config.data), options, seed=config.seed)
     return config, scenario
 
 
@@ -263,8 +265,9 @@ def test_loaded_model_predicts_like_the_run(runs):
 
     # and exactly the predictions of a freshly trained learner on the same split
     backbone = BACKBONES.build(config.backbone.name, config.backbone.options)
-    learner = build_learner(config, backbone)
-    ctx = Context(backbone=backbone, seed=config.seed, batch_size=64, progress=False)
+    learner = build_learner(config.learner, backbone, config.seed)
+    ctx = Context(backbone=backbone, seed=config.seed, batch_size=64, progress=False,
+                      frozen_scope=learner.frozen_scope)
     for task in scenario.tasks:
         learner.learn_task(task, ctx)
     fresh = learner.predict(test, ctx).classes

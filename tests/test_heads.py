@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from proteus.heads import DEFAULT_LAMBDAS, RidgeHead
+from proteus.seeding import RUN, generator
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -45,8 +46,8 @@ def test_streaming_updates_equal_the_joint_closed_form():
     assert head.num_classes == 4 and head.W_out.shape == (64, 4)
     assert head.lambda_history == [0.5, 0.5]
 
-    # W_rand ~ N(0, 1) drawn from the seed, independently of the head
-    W_rand = torch.randn(IN_DIM, 64, generator=torch.Generator().manual_seed(3),
+    # W_rand ~ N(0, 1) drawn from the run's "projection" stream, independently of the head
+    W_rand = torch.randn(IN_DIM, 64, generator=generator(3, RUN, "projection"),
                          dtype=torch.float64).numpy()
     H = np.concatenate([h0, h1]).astype(np.float64)
     Y = np.concatenate([y0, y1])

@@ -65,7 +65,7 @@ def test_paper_preset_runs_on_fixture_data(tmp_path, stem, make):
     run_dir = tmp_path / "runs" / config.name
     manifest = json.loads((run_dir / "split_manifest.json").read_text())
     assert [t["classes"] for t in manifest["tasks"]] == [[0, 1], [2, 3]]
-    assert (run_dir / "model" / "state.safetensors").is_file()
+    assert (run_dir / "model" / "manifest.json").is_file()
 
 
 # -- the VTAB presets (VTAB-5T small / large, VTAB-19T, VTAB-Sim50) ------------------------------
@@ -201,7 +201,7 @@ def test_vtab_preset_runs_on_fixture_data(tmp_path, stem):
     assert [{names[c].split("/")[0] for c in classes} for classes in own] == [
         {d} for d in expected]  # one dataset a task, in the preset's order
     assert sum(len(c) for c in own) == sum(datasets.values())
-    assert (run_dir / "model" / "state.safetensors").is_file()
+    assert (run_dir / "model" / "manifest.json").is_file()
     if stem == "vtab-sim50":
         group_of = {d: g for g, members in SIM_FIXTURE.items() for d in members}
         for task in manifest["tasks"]:

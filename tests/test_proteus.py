@@ -17,7 +17,7 @@ import proteus
 from proteus.backbones import BACKBONES
 from proteus.config import validate
 from proteus.data import ScenarioOptions, build_scenario, stack
-from proteus.engine import build_learner, load_data
+from proteus.assemble import build_learner, load_data
 from proteus.learners import Context
 
 from conftest import TINY_NUM_TASKS, save_driven
@@ -157,7 +157,7 @@ def _scenario(raw: dict, manifest: Path | None = None):
     config = validate(raw)
     options = (ScenarioOptions(manifest=str(manifest)) if manifest
                else ScenarioOptions.model_validate(config.scenario))
-    return config, build_scenario(load_data(config), options, seed=config.seed)
+    return config, build_scenario(load_data(config.data), options, seed=config.seed)
 
 
 def test_loaded_model_predicts_like_the_run(runs):
@@ -188,7 +188,7 @@ def driven(tmp_path_factory, make_tiny_config):
     raw = make_tiny_config(root, name="driven", learner=LEARNER)
     config, scenario = _scenario(raw)
     backbone = BACKBONES.build(config.backbone.name, config.backbone.options)
-    learner = build_learner(config, backbone)
+    learner = build_learner(config.learner, backbone, config.seed)
     ctx = Context(backbone=backbone, seed=config.seed, batch_size=64, progress=False,
                   frozen_scope=learner.frozen_scope)
     items = scenario.tasks[0].train.items

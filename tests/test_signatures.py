@@ -89,7 +89,7 @@ def test_component_structure(separated):
         assert comp.kind == "shared"
         assert comp.means.shape == (C, D)
         assert list(comp.classes) == [k * C, k * C + 1]
-    assert cg.count == T * C * N
+    assert cg.stats.total == T * C * N
     assert all(c.means.shape == (2, D) and c.kind == "iso" for c in separated["kmeans"].tasks)
     assert all(c.means.shape == (1, D) for c in separated["gaussian"].tasks)
     low = separated["dpgmm-lowrank"]

@@ -13,9 +13,13 @@ from safetensors import safe_open
 
 from proteus import storage
 from proteus.storage import (
+    GROW,
     MANIFEST,
-    TENSORS,
+    MODEL_JSON,
+    SERVE,
     ModelDirError,
+    SaveSpec,
+    locked,
     read_manifest,
     read_tensors,
     save_model,
@@ -26,6 +30,8 @@ from proteus.storage import (
 
 class FakeLearner:
     """Just enough of a learner for save_model: ``state()`` -> (tensors, JSON metadata)."""
+
+    grow_keys = ("stats.*",)
 
     def __init__(self, tensors=None, meta=None, fail: Exception | None = None):
         self.tensors = tensors if tensors is not None else {
@@ -39,10 +45,13 @@ class FakeLearner:
         return self.tensors, self.meta
 
 
-def save(path: Path, learner: FakeLearner, names=("a", "b", "c")) -> Path:
-    return save_model(path, learner=learner, backbone_config={"name": "tiny-vit", "seed": 0},
-                      learner_config={"name": "simplecil"}, class_names=list(names),
-                      class_order=list(range(len(names))), extra={"seed": 11})
+def save(path: Path, learner: FakeLearner, names=("a", "b", "c"), **kwargs) -> Path:
+    spec = SaveSpec(backbone_config={"name": "tiny-vit", "seed": 0},
+                    backbone_fingerprint="sha256:00", learner_config={"name": "simplecil"},
+                    class_names=list(names), class_order=list(range(len(names))),
+                    extra={"seed": 11})
+    save_model(path, learner=learner, spec=spec, **kwargs)
+    return path
 
 
 def snapshot(folder: Path) -> dict[str, bytes]:
@@ -90,44 +99,62 @@ def test_write_text_atomic_replaces_and_cleans_up(tmp_path):
 # model directories
 
 
-def test_model_dir_holds_only_manifest_and_safetensors(tmp_path):
-    model = save(tmp_path / "model", FakeLearner())
-    assert sorted(p.name for p in model.iterdir()) == [MANIFEST, TENSORS]
-    manifest = json.loads((model / MANIFEST).read_text())
-    assert manifest["format"] == "proteus-model" and manifest["format_version"] == 1
-    assert manifest["class_names"] == ["a", "b", "c"]
-    assert manifest["learner_state"] == {"num_classes": 3, "tasks_learned": 1}
-    assert manifest["tensors"] == ["prototypes"] and manifest["seed"] == 11
-    raw = (model / TENSORS).read_bytes()
+def test_model_dir_layout_manifest_and_safetensors(tmp_path):
+    learner = FakeLearner({"prototypes": torch.arange(12, dtype=torch.float32).reshape(3, 4),
+                           "stats.sum": torch.ones(3)})
+    model = save(tmp_path / "model", learner)
+    assert sorted(p.name for p in model.iterdir()) == [".lock", MANIFEST, "v0001"]
+    top = json.loads((model / MANIFEST).read_text())
+    assert top["format"] == "proteus-model" and top["format_version"] == 2
+    assert top["current"] == "v0001" and [v["version"] for v in top["versions"]] == ["v0001"]
+    assert sorted(p.name for p in (model / "v0001").iterdir()) == [GROW, MODEL_JSON, SERVE]
+    manifest = read_manifest(model)
+    assert manifest["class_names"] == ["a", "b", "c"] and manifest["seed"] == 11
+    assert manifest["backbone_fingerprint"] == "sha256:00"
+    # serving part and growth part apart, each with its size and checksum
+    assert manifest["files"][SERVE]["tensors"] == ["prototypes"]
+    assert manifest["files"][GROW]["tensors"] == ["stats.sum"]
+    assert manifest["files"][SERVE]["bytes"] == (model / "v0001" / SERVE).stat().st_size
+    raw = (model / "v0001" / SERVE).read_bytes()
     # safetensors: 8-byte little-endian header length, then a JSON header; never a pickle
     # (protocol 2+ starts with 0x80) nor a torch zip archive ("PK")
     assert raw[:1] != b"\x80" and raw[:2] != b"PK"
-    header_len = int.from_bytes(raw[:8], "little")
-    header = json.loads(raw[8:8 + header_len])
-    assert header["prototypes"]["dtype"] == "F32" and header["prototypes"]["shape"] == [3, 4]
-    with safe_open(model / TENSORS, framework="pt") as fh:
+    with safe_open(model / "v0001" / SERVE, framework="pt") as fh:
         assert list(fh.keys()) == ["prototypes"]
-    assert torch.equal(read_tensors(model)["prototypes"],
-                       torch.arange(12, dtype=torch.float32).reshape(3, 4))
-    assert read_manifest(model)["backbone"] == {"name": "tiny-vit", "seed": 0}
-    assert leftovers(tmp_path, {"model"}) == []
+    tensors = read_tensors(manifest)
+    assert torch.equal(tensors["prototypes"], torch.arange(12, dtype=torch.float32).reshape(3, 4))
+    assert "stats.sum" not in read_tensors(manifest, parts=(SERVE,))  # serving part: no stats
 
 
 def test_non_contiguous_tensor_is_saved(tmp_path):
     t = torch.arange(12, dtype=torch.float32).reshape(3, 4).T  # a view, not contiguous
     model = save(tmp_path / "model", FakeLearner({"w": t}))
-    assert torch.equal(read_tensors(model)["w"], t)
+    assert torch.equal(read_tensors(read_manifest(model))["w"], t)
 
 
-def test_save_over_existing_replaces_it(tmp_path):
+def test_versions_append_and_old_ones_are_pruned(tmp_path):
+    path = tmp_path / "model"
+    for k in range(3):
+        save(path, FakeLearner({"prototypes": torch.full((2,), float(k))}))
+    top = json.loads((path / MANIFEST).read_text())
+    assert [v["version"] for v in top["versions"]] == ["v0001", "v0002", "v0003"]
+    assert top["current"] == "v0003"
+    # the two newest stay on disk, and the previous one stays readable
+    assert sorted(p.name for p in path.glob("v*")) == ["v0002", "v0003"]
+    assert torch.equal(read_tensors(read_manifest(path, "v0002"))["prototypes"],
+                       torch.full((2,), 1.0))
+    assert torch.equal(read_tensors(read_manifest(path))["prototypes"], torch.full((2,), 2.0))
+
+
+def test_fresh_save_starts_a_new_history(tmp_path):
     path = tmp_path / "model"
     save(path, FakeLearner())
-    save(path, FakeLearner({"prototypes": torch.ones(2, 2)}, {"num_classes": 2,
-                                                              "tasks_learned": 1}),
-         names=("x", "y"))
-    assert read_manifest(path)["class_names"] == ["x", "y"]
-    assert torch.equal(read_tensors(path)["prototypes"], torch.ones(2, 2))
-    assert leftovers(tmp_path, {"model"}) == []  # no temp or ".old" directories
+    save(path, FakeLearner({"prototypes": torch.ones(2, 2)}), names=("x", "y"), fresh=True)
+    manifest = read_manifest(path)
+    assert manifest["class_names"] == ["x", "y"] and len(manifest["history"]) == 1
+    assert torch.equal(read_tensors(manifest)["prototypes"], torch.ones(2, 2))
+    assert sorted(p.name for p in path.glob("v*")) == [manifest["version"]]
+    assert not list(path.glob(".tmp-*"))
 
 
 @pytest.mark.parametrize("learner, error", [
@@ -137,10 +164,10 @@ def test_save_over_existing_replaces_it(tmp_path):
     (FakeLearner({"a": (shared := torch.zeros(4)), "b": shared}), Exception),
     # not a tensor at all
     (FakeLearner({"a": np.zeros(3)}), Exception),
-    # tensors fine, metadata not JSON: fails after state.safetensors was written
+    # tensors fine, metadata not JSON: fails after the tensor files were written
     (FakeLearner(meta={"num_classes": 3, "bad": object()}), TypeError),
 ])
-def test_failed_save_leaves_old_model_intact(tmp_path, learner, error):
+def test_failed_save_leaves_model_byte_identical(tmp_path, learner, error):
     path = tmp_path / "model"
     save(path, FakeLearner())
     before = snapshot(path)
@@ -148,31 +175,37 @@ def test_failed_save_leaves_old_model_intact(tmp_path, learner, error):
         save(path, learner, names=("x", "y"))
     assert snapshot(path) == before
     assert read_manifest(path)["class_names"] == ["a", "b", "c"]
-    assert leftovers(tmp_path, {"model"}) == []  # the half-written temp dir is gone
 
 
-def test_failed_first_save_leaves_nothing(tmp_path):
-    with pytest.raises(TypeError):
-        save(tmp_path / "model", FakeLearner(meta={"bad": {1, 2}}))
-    assert leftovers(tmp_path, set()) == []
-
-
-def test_failed_final_rename_keeps_old_model_at_its_path(tmp_path, monkeypatch):
+def test_full_disk_during_save_leaves_model_byte_identical(tmp_path, monkeypatch):
     path = tmp_path / "model"
     save(path, FakeLearner())
     before = snapshot(path)
-    real_replace = os.replace
 
-    def flaky_replace(src, dst):
-        if Path(dst) == path and Path(src).name.startswith(".model.") and "old" not in Path(
-                src).name:
-            raise OSError("disk full")
-        return real_replace(src, dst)
+    def full(*args, **kwargs):
+        raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr(storage.os, "replace", flaky_replace)
-    with pytest.raises(OSError):
+    monkeypatch.setattr(storage, "save_file", full)
+    with pytest.raises(OSError, match="No space left"):
         save(path, FakeLearner({"prototypes": torch.ones(1)}))
-    assert path.is_dir() and snapshot(path) == before
+    assert snapshot(path) == before
+
+
+def test_failed_first_save_leaves_no_model(tmp_path):
+    with pytest.raises(TypeError):
+        save(tmp_path / "model", FakeLearner(meta={"bad": {1, 2}}))
+    assert not (tmp_path / "model" / MANIFEST).exists()
+    assert not list((tmp_path / "model").glob("v*")) and not list(
+        (tmp_path / "model").glob(".tmp-*"))
+
+
+def test_second_writer_is_refused_while_the_lock_is_held(tmp_path):
+    path = tmp_path / "model"
+    save(path, FakeLearner())
+    with locked(path):
+        with pytest.raises(ModelDirError, match="another writer holds the lock"):
+            save(path, FakeLearner({"prototypes": torch.ones(1)}))
+    save(path, FakeLearner({"prototypes": torch.ones(1)}))  # released: writing works again
 
 
 # ---------------------------------------------------------------------------------------------
@@ -180,10 +213,10 @@ def test_failed_final_rename_keeps_old_model_at_its_path(tmp_path, monkeypatch):
 
 
 def test_read_manifest_missing_dir_names_it(tmp_path):
-    missing = tmp_path / "no-such-model"
-    with pytest.raises(ModelDirError) as info:
+    missing = tmp_path / "nope"
+    with pytest.raises(ModelDirError, match="not found") as info:
         read_manifest(missing)
-    assert str(missing) in str(info.value) and MANIFEST in str(info.value)
+    assert str(missing) in str(info.value)
 
 
 def test_read_manifest_dir_without_manifest(tmp_path):
@@ -211,21 +244,37 @@ def test_read_manifest_wrong_format_names_file_and_formats(tmp_path):
     assert str(model / MANIFEST) in msg and "'something-else'" in msg and "proteus-model" in msg
 
 
-def test_read_manifest_missing_key_names_it(tmp_path):
+@pytest.mark.parametrize("where", [MANIFEST, f"v0001/{MODEL_JSON}"])
+def test_unknown_format_version_is_refused(tmp_path, where):
     model = save(tmp_path / "model", FakeLearner())
-    manifest = json.loads((model / MANIFEST).read_text())
-    del manifest["learner_state"]
-    (model / MANIFEST).write_text(json.dumps(manifest))
-    with pytest.raises(ModelDirError, match="learner_state"):
+    data = json.loads((model / where).read_text())
+    data["format_version"] = 99
+    (model / where).write_text(json.dumps(data))
+    with pytest.raises(ModelDirError, match="format version 99"):
         read_manifest(model)
 
 
-def test_read_tensors_missing_or_corrupt_names_file(tmp_path):
+def test_read_manifest_missing_key_names_it(tmp_path):
     model = save(tmp_path / "model", FakeLearner())
-    (model / TENSORS).write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{broken")
-    with pytest.raises(ModelDirError) as info:
-        read_tensors(model)
-    assert str(model / TENSORS) in str(info.value)
-    (model / TENSORS).unlink()
-    with pytest.raises(ModelDirError, match=TENSORS):
-        read_tensors(model)
+    file = model / "v0001" / MODEL_JSON
+    manifest = json.loads(file.read_text())
+    del manifest["class_names"]
+    file.write_text(json.dumps(manifest))
+    with pytest.raises(ModelDirError, match="class_names"):
+        read_manifest(model)
+
+
+def test_truncated_or_altered_tensor_file_is_refused(tmp_path):
+    model = save(tmp_path / "model", FakeLearner())
+    file = model / "v0001" / SERVE
+    good = file.read_bytes()
+    file.write_bytes(good[:-3])
+    with pytest.raises(ModelDirError, match="truncated or altered") as info:
+        read_tensors(read_manifest(model))
+    assert str(file) in str(info.value)
+    file.write_bytes(good[:-1] + bytes([good[-1] ^ 1]))  # same size, one bit flipped
+    with pytest.raises(ModelDirError, match="checksum"):
+        read_tensors(read_manifest(model))
+    file.unlink()
+    with pytest.raises(ModelDirError, match="missing"):
+        read_tensors(read_manifest(model))

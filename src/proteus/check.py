@@ -17,7 +17,9 @@ from rich.markup import escape
 from rich.table import Table
 
 from .config import RunConfig
-from .data import DATASETS, ScenarioOptions, build_scenario, concat
+from .assemble import assemble, build_learner
+from .assemble import build_backbone as make_backbone
+from .data import ScenarioOptions
 from .registry import ConfigError
 
 # the options that say where a reader's data lives, in the order they are looked for
@@ -36,15 +38,11 @@ def check(config: RunConfig, build_backbone: bool = False) -> dict[str, Any]:
     file or folder and the expected layout), :class:`~proteus.registry.ConfigError` for a
     scenario that does not fit the data, :class:`CheckError` when the backbone cannot be built.
     """
-    sources, parts = [], []
-    for i, component in enumerate(config.data):
-        part = DATASETS.build(component.name, component.options, where=f"data.{i}")
-        parts.append(part)
-        sources.append(_source_summary(i, component.name, component.options, part))
-    data = parts[0] if len(parts) == 1 else concat(parts)
+    run = assemble(config, backbone=False, learner=False)
+    data, scenario, manifest = run.data, run.scenario, run.scenario.manifest
     options = ScenarioOptions.model_validate(config.scenario)
-    scenario = build_scenario(data, options, config.seed)
-    manifest = scenario.manifest
+    sources = [_source_summary(i, c.name, c.options, part)
+               for i, (c, part) in enumerate(zip(config.data, run.sources))]
 
     tasks = []
     for task in scenario.tasks:
@@ -168,11 +166,8 @@ def _parameters(config: RunConfig, build_backbone: bool) -> dict[str, Any]:
     if not build_backbone:
         return out
 
-    from .backbones import BACKBONES
-    from .learners import LEARNERS
-
     try:
-        backbone = BACKBONES.build(config.backbone.name, config.backbone.options, where="backbone")
+        backbone, _ = make_backbone(config.backbone)
     except ConfigError:
         raise
     except Exception as exc:  # noqa: BLE001 - a hub or file problem, reported as one line
@@ -184,8 +179,7 @@ def _parameters(config: RunConfig, build_backbone: bool) -> dict[str, Any]:
     out["embed_dim"] = int(getattr(backbone, "embed_dim", 0)) or None
 
     try:
-        learner = LEARNERS.build(config.learner.name, learner_options, where="learner",
-                                 backbone=backbone, seed=config.seed)
+        learner = build_learner(config.learner, backbone, config.seed)
     except ConfigError:
         raise
     except Exception as exc:  # noqa: BLE001 - e.g. target patterns that match no layer

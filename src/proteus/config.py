@@ -20,9 +20,10 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError
 
 from .registry import ConfigError, Options, Registry, format_validation_error
+from .tracking import TrackingOptions
 
 
 class Component(BaseModel):
@@ -31,9 +32,22 @@ class Component(BaseModel):
     model_config = ConfigDict(extra="forbid")
     name: str
     options: dict[str, Any] = Field(default_factory=dict)
+    # the validated options model itself, kept so that builders never parse a dict again
+    _typed: Options | None = PrivateAttr(default=None)
 
     def resolved(self) -> dict[str, Any]:
         return {"name": self.name, **self.options}
+
+    def typed(self, registry: Registry, where: str = "") -> Options:
+        """The options as the entry's typed model (validated once, then kept)."""
+        if self._typed is None:
+            self._typed = registry.parse_options(self.name, self.options, where or self.name)
+        return self._typed
+
+    @classmethod
+    def of(cls, registry: Registry, raw: Any, where: str) -> "Component":
+        """Validate ``{name: ..., option: value, ...}`` against ``registry``."""
+        return _component(registry, raw, where)
 
 
 class EvalOptions(Options):
@@ -56,6 +70,8 @@ class RunConfig(BaseModel):
     learner: Component
     eval: EvalOptions = Field(default_factory=EvalOptions)
     save_model: bool = True
+    checkpoint: bool = True  # after every task, so that --resume continues from the last one
+    tracking: TrackingOptions = Field(default_factory=TrackingOptions)
 
     def resolved(self) -> dict[str, Any]:
         """Plain, JSON-ready dict with every default filled in (written to every run)."""
@@ -80,7 +96,9 @@ def _component(registry: Registry, raw: Any, where: str) -> Component:
     except ConfigError as exc:
         raise ConfigError(f"'{where}.name': {exc}") from None
     options = registry.parse_options(name, opts, where)
-    return Component(name=name, options=options.model_dump(mode="json"))
+    component = Component(name=name, options=options.model_dump(mode="json"))
+    component._typed = options
+    return component
 
 
 def validate(raw: dict[str, Any]) -> RunConfig:
@@ -100,8 +118,9 @@ def validate(raw: dict[str, Any]) -> RunConfig:
     for key in ("data", "backbone", "learner", "scenario"):
         if key not in raw:
             raise ConfigError(f"missing key '{key}'")
-    if raw.get("eval") is None:
-        raw.pop("eval", None)
+    for key in ("eval", "tracking"):
+        if raw.get(key) is None:
+            raw.pop(key, None)
     sources = raw["data"] if isinstance(raw["data"], list) else [raw["data"]]
     raw["data"] = [_component(DATASETS, s, f"data.{i}") for i, s in enumerate(sources)]
     raw["backbone"] = _component(BACKBONES, raw["backbone"], "backbone")

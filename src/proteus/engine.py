@@ -1,15 +1,20 @@
-"""The continual loop: learn task t, then evaluate on the test data of every task seen so far.
+"""The continual loop: learn task t, let the evaluator test every task seen so far, checkpoint.
 
 source -> scenario -> learner -> evaluator -> report; the run directory receives the resolved
 config, the class order, the split manifest, one ``metrics.jsonl`` line per task, ``results.json``,
-``report.md``, plots and the saved model.
+``report.md``, plots and the saved model. After every task the run is checkpointed atomically
+(``checkpoint/``, a model directory with the learner's session state and the run's state), so
+``proteus run CONFIG --resume`` continues from the last complete task and ends with the same
+results and model as an uninterrupted run.
 """
 
 from __future__ import annotations
 
 import json
-import random
+import os
 import resource
+import shutil
+import signal
 import time
 from pathlib import Path
 from typing import Any
@@ -19,152 +24,173 @@ import torch
 import yaml
 from rich.console import Console
 
-from .backbones import BACKBONES, resolve_device
+from .assemble import Run, assemble
 from .backbones.base import autocast_context
 from .config import RunConfig
-from .data import DATASETS, ScenarioOptions, build_scenario, concat
-from .data.base import LabeledData, stack
-from .data.scenario import Scenario
-from .learners import LEARNERS, Context, Learner
+from .evaluate import Evaluator
+from .learners import Learner, TaskOutcome
 from .metrics import AccuracyTracker
 from .report import print_summary, write_report
-from .storage import save_model, write_json_atomic, write_text_atomic
+from .storage import (SESSION, ModelDirError, SaveSpec, read_manifest, read_tensors, save_model,
+                      write_json_atomic, write_text_atomic)
+from .tracking import open_trackers
+
+CHECKPOINT = "checkpoint"
+#: test hook: "after-learn:K" kills the process with SIGKILL once task K is learned, before it is
+#: evaluated or checkpointed (a deterministic point of death for the resume test)
+FAULT_ENV = "PROTEUS_FAULT"
 
 
-def seed_everything(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed % 2**32)
-    torch.manual_seed(seed)
+class ResumeError(ValueError):
+    """A run that cannot be resumed: no checkpoint, or one of another config."""
 
 
-def load_data(config: RunConfig) -> LabeledData:
-    parts = [DATASETS.build(c.name, c.options, where=f"data.{i}") for i, c in enumerate(config.data)]
-    return parts[0] if len(parts) == 1 else concat(parts)
-
-
-def build_learner(config: RunConfig, backbone) -> Learner:
-    return LEARNERS.build(config.learner.name, config.learner.options, where="learner",
-                          backbone=backbone, seed=config.seed)
-
-
-def prepare(config: RunConfig) -> tuple[Scenario, Path]:
-    """Load data, build the scenario, create the run directory with config, order and split."""
-    run_dir = Path(config.output_dir) / config.name
+def write_run_files(run: Run) -> Path:
+    """Create the run directory with the resolved config, class order and split manifest."""
+    run_dir = run.run_dir
     run_dir.mkdir(parents=True, exist_ok=True)
-    resolved = config.resolved()
-    write_text_atomic(run_dir / "config.yaml", yaml.safe_dump(resolved, sort_keys=False))
-    data = load_data(config)
-    scenario = build_scenario(data, ScenarioOptions.model_validate(config.scenario), config.seed)
-    scenario.save_manifest(run_dir / "split_manifest.json")
+    write_text_atomic(run_dir / "config.yaml",
+                      yaml.safe_dump(run.config.resolved(), sort_keys=False))
+    run.scenario.save_manifest(run_dir / "split_manifest.json")
     write_json_atomic(run_dir / "class_order.json", {
-        "class_order": scenario.class_order, "class_names": scenario.class_names,
-        "tasks": [t.classes for t in scenario.tasks]})
-    return scenario, run_dir
+        "class_order": run.scenario.class_order, "class_names": run.scenario.class_names,
+        "tasks": [t.classes for t in run.scenario.tasks]})
+    return run_dir
 
 
-def setup(config: RunConfig) -> tuple[Scenario, Path, torch.device, Learner, Context]:
-    """Seed, :func:`prepare`, and build the backbone, the learner and its context."""
-    seed_everything(config.seed)
-    scenario, run_dir = prepare(config)
-    device = resolve_device(config.device)
-    backbone = BACKBONES.build(config.backbone.name, config.backbone.options,
-                               where="backbone").to(device)
-    learner = build_learner(config, backbone)
-    ctx = Context(backbone=backbone, seed=config.seed, batch_size=config.eval.batch_size,
-                  progress=config.progress, num_tasks=len(scenario.tasks))
-    # a learner that installs adapters tells the context how to switch them off
-    if hasattr(learner, "frozen_scope"):
-        ctx.frozen_scope = learner.frozen_scope
-    return scenario, run_dir, device, learner, ctx
+def save_spec(run: Run) -> SaveSpec:
+    return SaveSpec(backbone_config=run.config.backbone.resolved(),
+                    backbone_fingerprint=run.backbone_fingerprint,
+                    learner_config=run.config.learner.resolved(),
+                    class_names=run.scenario.class_names, class_order=run.scenario.class_order,
+                    extra={"seed": run.config.seed})
 
 
-def run(config: RunConfig, console: Console | None = None) -> dict[str, Any]:
+def run(config: RunConfig, console: Console | None = None, resume: bool = False
+        ) -> dict[str, Any]:
     console = console or Console(stderr=True)
-    scenario, run_dir, device, learner, ctx = setup(config)
+    parts = assemble(config)
+    learner, ctx, scenario = parts.learner, parts.ctx, parts.scenario
+    run_dir = write_run_files(parts)
+    device = parts.device
 
     def amp():
         return autocast_context(device, config.precision)
 
     n_tasks = len(scenario.tasks)
-    tracker = AccuracyTracker(n_tasks)
-    timing: list[dict[str, float]] = []
-    extras: list[dict[str, Any]] = []
+    evaluator = Evaluator(scenario)
+    state: dict[str, Any] = {"timing": [], "extras": [], "certificates": [], "lines": []}
+    start = 0
+    if resume:
+        start, state = _restore(parts, evaluator)
+        console.print(f"resuming [bold]{config.name}[/] after task {start} of {n_tasks}")
     metrics_file = run_dir / "metrics.jsonl"
-    metrics_file.write_text("")
+    write_text_atomic(metrics_file, "".join(json.dumps(line) + "\n" for line in state["lines"]))
+    trackers = open_trackers(config, run_dir)
     console.print(f"[bold]{config.name}[/]: {config.learner.name} on {config.backbone.name}, "
                   f"{n_tasks} tasks, {len(scenario.class_names)} classes, device {device}")
 
-    for task in scenario.tasks:
+    for task in scenario.tasks[start:]:
         t0 = time.perf_counter()
         with amp():
-            step_extras = learner.learn_task(task, ctx) or {}
+            outcome: TaskOutcome = learner.learn_task(task, ctx)
         train_s = time.perf_counter() - t0
+        _fault("after-learn", task.index)
+        eval_timing = evaluator.after_task(task, learner, ctx, amp)
 
-        t0 = time.perf_counter()
-        seen = scenario.tasks[: task.index + 1]
-        test = stack([t.test for t in seen])
-        true_task = np.concatenate([np.full(len(t.test), t.index) for t in seen])
-        with amp():
-            pred = learner.predict(test, ctx)
-        correct = pred.classes == test.labels
-        for t in seen:
-            mask = true_task == t.index
-            tracker.record(task.index, t.index, int(correct[mask].sum()), int(mask.sum()))
-        if pred.tasks is not None:
-            tracker.record_retrieval(true_task, np.asarray(pred.tasks))
-        eval_s = time.perf_counter() - t0
-
-        step_timing = {"task": task.index, "train_s": round(train_s, 3), "eval_s": round(eval_s, 3),
-                       **{k: round(float(v), 3) for k, v in step_extras.pop("timing", {}).items()}}
-        if task.index == n_tasks - 1:  # task-IL once, at the end: one more prediction pass
-            t0 = time.perf_counter()
-            with amp():
-                given = learner.predict_given_task(test, ctx, true_task,
-                                                   [t.classes for t in scenario.tasks])
-            if given is not None:
-                tracker.record_task_il(int((np.asarray(given) == test.labels).sum()), len(test))
-            step_timing["task_il_eval_s"] = round(time.perf_counter() - t0, 3)
-        timing.append(step_timing)
-        extras.append(step_extras)
-        summary = tracker.summary()
-        acc = tracker.accuracy_matrix()
-        line = {"task": task.index, "accuracy_seen": float(tracker.accuracy_seen()[-1]),
-                "accuracy_per_task": [float(acc[i, task.index]) for i in range(task.index + 1)],
-                "task_retrieval_accuracy": summary.get("task_retrieval_accuracy"),
-                **step_timing, "extras": step_extras}
+        step_timing = {"task": task.index, "train_s": round(train_s, 3),
+                       "eval_s": round(eval_timing["eval_s"], 3),
+                       **{k: round(float(v), 3) for k, v in outcome.timing.items()}}
+        if "task_il_eval_s" in eval_timing:
+            step_timing["task_il_eval_s"] = round(eval_timing["task_il_eval_s"], 3)
+        extras = dict(outcome.extras)
+        if outcome.certificate is not None:
+            # per task the summary; the clusters of the last certificate go in once, at the end
+            extras["certificate"] = {k: v for k, v in outcome.certificate.items()
+                                     if k != "clusters"}
+            state["certificates"] = [*state["certificates"][-1:], outcome.certificate][-1:]
+            state.setdefault("certified_fractions", []).append(
+                outcome.certificate.get("certified_fraction"))
+        state["timing"].append(step_timing)
+        state["extras"].append(extras)
+        line = {**evaluator.line(task), **step_timing,
+                "extras": {**extras, **({"certificate": outcome.certificate}
+                                        if outcome.certificate is not None else {})}}
+        state["lines"].append(line)
         with metrics_file.open("a") as fh:
             fh.write(json.dumps(line) + "\n")
+        for tracker in trackers:
+            tracker.log_task(line)
         retrieval = line["task_retrieval_accuracy"]
         console.print(
             f"task {task.index + 1}/{n_tasks}: accuracy on seen {line['accuracy_seen']:.4f}"
             + (f", task retrieval {retrieval:.4f}" if retrieval is not None else "")
-            + f"  (train {train_s:.1f}s, eval {eval_s:.1f}s)")
+            + f"  (train {train_s:.1f}s, eval {eval_timing['eval_s']:.1f}s)")
+        if task.index < n_tasks - 1 and config.checkpoint:
+            _checkpoint(parts, evaluator.tracker, state, task.index + 1)
 
-    results = _results(config, scenario, tracker, timing, extras, learner)
+    results = _results(config, scenario, evaluator.tracker, state, learner)
     write_json_atomic(run_dir / "results.json", results)
     if config.save_model:
-        save_model(run_dir / "model", learner=learner, backbone_config=config.backbone.resolved(),
-                   learner_config=config.learner.resolved(), class_names=scenario.class_names,
-                   class_order=scenario.class_order, extra={"seed": config.seed})
+        save_model(run_dir / "model", learner=learner, spec=save_spec(parts), fresh=True)
+    shutil.rmtree(run_dir / CHECKPOINT, ignore_errors=True)  # the run is complete
     write_report(run_dir, results)
+    for tracker in trackers:
+        tracker.close(results)
     print_summary(results, console=console)
     console.print(f"results in [bold]{run_dir}[/]")
     return results
 
 
-def _without_clusters(extras: dict[str, Any]) -> dict[str, Any]:
-    """Per-task extras with the certificate cut to its summary (clusters go in once, at the end)."""
-    if "certificate" not in extras:
-        return extras
-    cert = {k: v for k, v in extras["certificate"].items() if k != "clusters"}
-    return {**extras, "certificate": cert}
+def _fault(point: str, task: int) -> None:
+    if os.environ.get(FAULT_ENV) == f"{point}:{task}":
+        os.kill(os.getpid(), signal.SIGKILL)
 
 
-def _results(config: RunConfig, scenario: Scenario, tracker: AccuracyTracker,
-             timing: list[dict], extras: list[dict], learner: Learner) -> dict[str, Any]:
+def _checkpoint(parts: Run, tracker: AccuracyTracker, state: dict, next_task: int) -> None:
+    run_state = {"next_task": next_task, "config": parts.config.resolved(),
+                 "tracker": tracker.state(), **state}
+    save_model(parts.run_dir / CHECKPOINT, learner=parts.learner, spec=save_spec(parts),
+               fresh=True, keep=1, session=True, run_state=run_state,
+               note=f"checkpoint after task {next_task - 1}")
+
+
+def _restore(parts: Run, evaluator: Evaluator) -> tuple[int, dict]:
+    """Load the last checkpoint into the learner and evaluator; returns the next task and the
+    run's state (timing, extras, certificates, metrics lines of the tasks done)."""
+    folder = parts.run_dir / CHECKPOINT
+    try:
+        manifest = read_manifest(folder)
+    except ModelDirError as exc:
+        raise ResumeError(f"cannot resume {parts.config.name}: {exc}") from None
+    run_state = manifest["run_state"]
+    here = json.loads(json.dumps(parts.config.resolved()))
+    differ = sorted(k for k in set(here) | set(run_state["config"])
+                    if k != "progress" and here.get(k) != run_state["config"].get(k))
+    if differ:
+        raise ResumeError(f"{folder}: the checkpoint was written with another config "
+                          f"(differs in {', '.join(differ)}); resume with the same config")
+    if manifest["class_order"] != parts.scenario.class_order:
+        raise ResumeError(f"{folder}: the checkpoint's class order differs from this run's")
+    learner: Learner = parts.learner
+    learner.load_state(read_tensors(manifest), manifest["learner_state"])
+    next_task = int(run_state["next_task"])
+    learner.load_session_state(read_tensors(manifest, parts=(SESSION,)),
+                               manifest.get("session_state") or {},
+                               parts.scenario.tasks[:next_task])
+    evaluator.tracker = AccuracyTracker.from_state(run_state["tracker"])
+    state = {k: run_state[k] for k in ("timing", "extras", "certificates", "lines")}
+    if "certified_fractions" in run_state:
+        state["certified_fractions"] = run_state["certified_fractions"]
+    return next_task, state
+
+
+def _results(config: RunConfig, scenario, tracker: AccuracyTracker, state: dict,
+             learner: Learner) -> dict[str, Any]:
     acc = tracker.accuracy_matrix()
     confusion = tracker.retrieval_confusion
     peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
+    extras = state["extras"]
     results: dict[str, Any] = {
         "name": config.name,
         "learner": config.learner.name,
@@ -180,18 +206,17 @@ def _results(config: RunConfig, scenario: Scenario, tracker: AccuracyTracker,
         "metrics": tracker.summary(),
         "retrieval_confusion": None if confusion is None else np.asarray(confusion).tolist(),
         "retrieval_accuracy_seen": tracker.retrieval_history or None,
-        "timing": timing,
+        "timing": state["timing"],
         "peak_memory_mb": round(peak_mb, 1),
         "parameters": learner.parameter_counts(),
-        "extras": {"per_task": [_without_clusters(e) for e in extras]} if any(extras) else {},
+        "extras": {"per_task": extras} if any(extras) else {},
     }
-    certificates = [e["certificate"] for e in extras if "certificate" in e]
-    if certificates:
+    if state["certificates"]:
         # section 6: the last certificate in full (per cluster), beside the retrieval accuracy
         results["certificate"] = {
-            **certificates[-1],
+            **state["certificates"][-1],
             "task_retrieval_accuracy": results["metrics"].get("task_retrieval_accuracy"),
-            "certified_fraction_per_task": [c["certified_fraction"] for c in certificates]}
+            "certified_fraction_per_task": state["certified_fractions"]}
     if torch.cuda.is_available():
         results["peak_gpu_memory_mb"] = round(torch.cuda.max_memory_allocated() / 2**20, 1)
     return results

@@ -12,6 +12,9 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from .seeding import RUN, generator
+from .seeding import rng as seeding_rng
+
 DEFAULT_LAMBDAS = [10.0 ** e for e in range(-8, 9)]
 
 
@@ -22,9 +25,9 @@ class RidgeHead:
         self.lambdas = list(lambdas or DEFAULT_LAMBDAS)
         self.val_fraction = val_fraction
         self.seed = seed
-        gen = torch.Generator().manual_seed(seed)
         # proj_dim 0: ridge directly on the embeddings (no projection, no ReLU)
-        self.W_rand = (torch.randn(in_dim, proj_dim, generator=gen, dtype=torch.float64)
+        self.W_rand = (torch.randn(in_dim, proj_dim, generator=generator(seed, RUN, "projection"),
+                                   dtype=torch.float64)
                        if proj_dim else None)
         dim = proj_dim or in_dim
         self.G = torch.zeros(dim, dim, dtype=torch.float64)
@@ -63,7 +66,7 @@ class RidgeHead:
     def _select_lambda(self, phi: torch.Tensor, y: torch.Tensor) -> float:
         if len(self.lambdas) == 1 or len(phi) < 5:
             return self.lambdas[0] if len(self.lambdas) == 1 else 1.0
-        rng = np.random.default_rng([self.seed, len(self.lambda_history)])
+        rng = seeding_rng(self.seed, len(self.lambda_history), "ridge-validation")
         order = rng.permutation(len(phi))
         n_val = max(1, int(round(self.val_fraction * len(phi))))
         val, tr = order[:n_val], order[n_val:]
@@ -90,7 +93,9 @@ class RidgeHead:
         return tensors, {"lambda": self.lam, "lambda_history": self.lambda_history}
 
     def load_state(self, tensors: dict[str, torch.Tensor], meta: dict, prefix: str = "head.") -> None:
-        self.G, self.Q = tensors[f"{prefix}G"], tensors[f"{prefix}Q"]
+        # G and Q are growth statistics: a serving export leaves them out
         self.W_out = tensors[f"{prefix}W_out"]
+        self.G = tensors.get(f"{prefix}G")
+        self.Q = tensors.get(f"{prefix}Q")
         self.lam = float(meta["lambda"])
         self.lambda_history = list(meta["lambda_history"])

@@ -174,6 +174,29 @@ class AccuracyTracker:
             raise ValueError(f"task-IL counts correct={correct}, total={total} are not valid")
         self.task_il_accuracy = correct / total
 
+    def state(self) -> dict[str, Any]:
+        """Everything recorded so far, JSON-ready (a checkpoint keeps it to resume a run)."""
+        return {"num_tasks": self.num_tasks, "correct": self.correct.tolist(),
+                "n_test": self.n_test.tolist(), "filled": self.filled.tolist(),
+                "recorded": self.recorded.tolist(),
+                "retrieval_confusion": (None if self.retrieval_confusion is None
+                                        else self.retrieval_confusion.tolist()),
+                "retrieval_accuracy_seen": list(self.retrieval_accuracy_seen),
+                "task_il_accuracy": self.task_il_accuracy}
+
+    @classmethod
+    def from_state(cls, state: dict[str, Any]) -> "AccuracyTracker":
+        out = cls(int(state["num_tasks"]))
+        out.correct = np.asarray(state["correct"], dtype=np.int64)
+        out.n_test = np.asarray(state["n_test"], dtype=np.int64)
+        out.filled = np.asarray(state["filled"], dtype=bool)
+        out.recorded = np.asarray(state["recorded"], dtype=bool)
+        if state["retrieval_confusion"] is not None:
+            out.retrieval_confusion = np.asarray(state["retrieval_confusion"], dtype=np.int64)
+        out.retrieval_accuracy_seen = [float(v) for v in state["retrieval_accuracy_seen"]]
+        out.task_il_accuracy = state["task_il_accuracy"]
+        return out
+
     @property
     def steps_done(self) -> int:
         """Finished steps: the leading run of filled columns (steps are learned in order)."""

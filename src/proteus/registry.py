@@ -70,6 +70,14 @@ class Registry(Generic[T]):
             raise ConfigError(format_validation_error(exc, entry.options, where,
                                                       also=["name"])) from None
 
+    def create(self, name: str, options: Options, **kwargs) -> T:
+        """Build entry ``name`` from options that are already its typed model."""
+        entry = self.get(name)
+        if not isinstance(options, entry.options):
+            raise TypeError(f"{self.kind} {name!r} takes {entry.options.__name__}, "
+                            f"got {type(options).__name__}")
+        return entry.factory(options, **kwargs)
+
     def build(self, name: str, raw: dict[str, Any] | None = None, where: str = "", **kwargs) -> T:
         options = self.parse_options(name, raw, where or f"{self.kind}.options")
         return self.get(name).factory(options, **kwargs)

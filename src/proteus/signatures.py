@@ -28,6 +28,8 @@ from sklearn.covariance import ledoit_wolf_shrinkage
 from sklearn.mixture import BayesianGaussianMixture
 
 from .registry import Options
+from .seeding import sklearn_state
+from .stats import ClassStats
 
 LOG_2PI = math.log(2 * math.pi)
 
@@ -60,7 +62,7 @@ class Components:
     classes: np.ndarray | None = None  # for class-gaussian: the class of each component
     # per-component empirical moments of the points assigned to it (for the certificate)
     point_mean: np.ndarray | None = None
-    point_cov: np.ndarray | None = None
+    point_cov: list[np.ndarray] | None = None  # per component: d x d, or an n x d factor
     _prec: list | None = field(default=None, repr=False)  # cached precision matrices
 
     @property
@@ -116,11 +118,31 @@ def _chol_precision(cov: np.ndarray) -> tuple[np.ndarray, float]:
     return inv, 2.0 * float(np.log(np.diag(c)).sum())
 
 
-def _moments(x: np.ndarray, assign: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+def _moments(x: np.ndarray, assign: np.ndarray, k: int) -> tuple[np.ndarray, list[np.ndarray]]:
+    """Per cluster: the mean of its points and their covariance, the latter as a float32 factor
+    F with C = F^T F (the centred points / sqrt(n); n x d) where a cluster has fewer points than
+    dimensions, else as the d x d matrix: a class of 200 points in 3,088-d costs 2.5 MB, not 38."""
     means = np.stack([x[assign == s].mean(0) for s in range(k)])
-    covs = np.stack([np.cov(x[assign == s].T, bias=True).reshape(x.shape[1], x.shape[1])
-                     for s in range(k)]).astype(np.float32)  # d x d per cluster: keep it small
+    covs = []
+    for s in range(k):
+        centred = x[assign == s] - means[s]
+        if len(centred) < x.shape[1]:
+            covs.append((centred / np.sqrt(len(centred))).astype(np.float32))
+        else:
+            covs.append((centred.T @ centred / len(centred)).astype(np.float32))
     return means, covs
+
+
+def _trace_with(P: np.ndarray, cov: np.ndarray) -> float:
+    """tr(P C) for C given as a factor (n x d, n < d) or a matrix (d x d)."""
+    if cov.shape[0] != cov.shape[1]:
+        F = cov.astype(np.float64)
+        return float(((F @ P) * F).sum())
+    return float((P * cov).sum())  # both symmetric: an elementwise sum, d^2 not d^3
+
+
+def _cov_diag(cov: np.ndarray) -> np.ndarray:
+    return (cov.astype(np.float64) ** 2).sum(0) if cov.shape[0] != cov.shape[1] else np.diag(cov)
 
 
 class TaskSignatures:
@@ -130,9 +152,8 @@ class TaskSignatures:
         self.o = options
         self.seed = seed
         self.tasks: list[Components] = []
-        # class-gaussian: within-class scatter summed over tasks, and sample count
-        self.scatter: np.ndarray | None = None
-        self.count = 0
+        # class-gaussian: class counts, sums and second moment summed over tasks
+        self.stats: ClassStats | None = None
         self.shrinkage_sum = 0.0
         self._shared: tuple[np.ndarray, float] | None = None
         self._shared_prec: np.ndarray | None = None
@@ -156,12 +177,12 @@ class TaskSignatures:
         classes = np.unique(labels)
         assign = np.searchsorted(classes, labels)
         means, covs = _moments(x, assign, len(classes))
-        centred = x - means[assign]
-        scatter = centred.T @ centred
-        self.scatter = scatter if self.scatter is None else self.scatter + scatter
+        if self.stats is None:
+            self.stats = ClassStats(x.shape[1])
+        self.stats.add(x, labels)
         # Ledoit-Wolf shrinkage intensity of this task, averaged over tasks by sample count
+        centred = x - means[assign]
         self.shrinkage_sum += ledoit_wolf_shrinkage(centred, assume_centered=True) * len(x)
-        self.count += len(x)
         self._shared = self._shared_prec = None
         return Components(means=means, kind="shared", classes=classes, point_mean=means,
                           point_cov=covs)
@@ -169,9 +190,9 @@ class TaskSignatures:
     def shared_precision(self) -> tuple[np.ndarray, float]:
         """Cholesky of the shared precision from the accumulated within-class scatter."""
         if self._shared is None:
-            d = self.scatter.shape[0]
-            emp = self.scatter / self.count
-            rho = self.shrinkage_sum / self.count
+            d, n = self.stats.dim, self.stats.total
+            emp = self.stats.within_scatter() / n
+            rho = self.shrinkage_sum / n
             cov = (1 - rho) * emp + rho * (np.trace(emp) / d) * np.eye(d)
             cov += self.o.reg_covar * np.eye(d)
             self._shared = _chol_precision(cov)
@@ -194,7 +215,8 @@ class TaskSignatures:
             n_components=n, covariance_type=cov_type,
             weight_concentration_prior_type="dirichlet_process",
             weight_concentration_prior=self.o.concentration, reg_covar=self.o.reg_covar,
-            max_iter=self.o.max_iter, random_state=self.seed, init_params="kmeans")
+            max_iter=self.o.max_iter, init_params="kmeans",
+            random_state=sklearn_state(self.seed, len(self.tasks), "signature"))
         assign = gmm.fit(z).predict(z)
         keep = np.unique(assign)  # drop empty components
         remap = np.searchsorted(keep, assign)
@@ -211,7 +233,8 @@ class TaskSignatures:
 
     def _fit_kmeans(self, x: np.ndarray, labels: np.ndarray) -> Components:
         k = min(self.o.kmeans_k, len(x))
-        km = KMeans(n_clusters=k, n_init=3, random_state=self.seed).fit(x)
+        km = KMeans(n_clusters=k, n_init=3, random_state=sklearn_state(
+            self.seed, len(self.tasks), "signature")).fit(x)
         pm, pc = _moments(x, km.labels_, k)
         return Components(means=km.cluster_centers_, kind="iso", point_mean=pm, point_cov=pc)
 
@@ -222,8 +245,9 @@ class TaskSignatures:
         d = x.shape[1]
         cov = (1 - rho) * emp + rho * np.trace(emp) / d * np.eye(d) + self.o.reg_covar * np.eye(d)
         chol, logdet = _chol_precision(cov)
+        _, covs = _moments(x, np.zeros(len(x), dtype=np.int64), 1)
         return Components(means=mean, kind="full", prec_chol=chol[None], logdet=np.array([logdet]),
-                          point_mean=mean, point_cov=emp[None])
+                          point_mean=mean, point_cov=covs)
 
     # -- retrieval -----------------------------------------------------------------------
     def task_scores(self, x: np.ndarray, task: int) -> np.ndarray:
@@ -241,8 +265,8 @@ class TaskSignatures:
         return self.tasks[task].nbytes()
 
     def shared_nbytes(self) -> int:
-        """Bytes shared by all tasks: the accumulated scatter of class-gaussian signatures."""
-        return 0 if self.scatter is None else int(self.scatter.nbytes)
+        """Bytes shared by all tasks: the class statistics of class-gaussian signatures."""
+        return 0 if self.stats is None else self.stats.nbytes()
 
     # -- saving --------------------------------------------------------------------------
     def state(self, prefix: str = "sig.") -> tuple[dict[str, torch.Tensor], dict]:
@@ -257,19 +281,47 @@ class TaskSignatures:
                     fields[name] = True
             meta["tasks"].append({"kind": comp.kind, "resid_var": comp.resid_var,
                                   "fields": sorted(fields)})
-        if self.scatter is not None:
-            tensors[f"{prefix}scatter"] = torch.from_numpy(self.scatter)
-        meta.update(count=self.count, shrinkage_sum=self.shrinkage_sum)
+        if self.stats is not None:
+            # predicting needs the shared precision; only learning more needs the statistics
+            chol, logdet = self.shared_precision()
+            tensors[f"{prefix}shared.prec_chol"] = torch.from_numpy(chol)
+            meta["shared_logdet"] = logdet
+            tensors.update(self.stats.state(f"{prefix}stats."))
+        meta.update(shrinkage_sum=self.shrinkage_sum)
         return tensors, meta
+
+    def session_state(self, prefix: str = "sig.") -> tuple[dict[str, torch.Tensor], dict]:
+        """The cluster moments the certificate reads (a resumed run needs them; a model not)."""
+        tensors = {}
+        for k, comp in enumerate(self.tasks):
+            if comp.point_mean is None:
+                continue
+            tensors[f"{prefix}{k}.point_mean"] = torch.from_numpy(np.ascontiguousarray(
+                comp.point_mean))
+            for s, cov in enumerate(comp.point_cov):
+                tensors[f"{prefix}{k}.point_cov.{s}"] = torch.from_numpy(cov)
+        return tensors, {}
+
+    def load_session_state(self, tensors: dict[str, torch.Tensor], prefix: str = "sig.") -> None:
+        for k, comp in enumerate(self.tasks):
+            key = f"{prefix}{k}.point_mean"
+            if key in tensors:
+                comp.point_mean = tensors[key].numpy()
+                comp.point_cov = [tensors[f"{prefix}{k}.point_cov.{s}"].numpy()
+                                  for s in range(len(comp.point_mean))]
 
     def load_state(self, tensors: dict[str, torch.Tensor], meta: dict, prefix: str = "sig.") -> None:
         self.tasks = []
         for k, t in enumerate(meta["tasks"]):
             values = {name: tensors[f"{prefix}{k}.{name}"].numpy() for name in t["fields"]}
             self.tasks.append(Components(kind=t["kind"], resid_var=t["resid_var"], **values))
-        self.scatter = tensors[f"{prefix}scatter"].numpy() if f"{prefix}scatter" in tensors else None
-        self.count, self.shrinkage_sum = int(meta["count"]), float(meta["shrinkage_sum"])
-        self._shared = None
+        has_stats = f"{prefix}stats.count" in tensors
+        self.stats = ClassStats.from_state(tensors, f"{prefix}stats.") if has_stats else None
+        self.shrinkage_sum = float(meta["shrinkage_sum"])
+        self._shared = self._shared_prec = None
+        if f"{prefix}shared.prec_chol" in tensors:
+            self._shared = (tensors[f"{prefix}shared.prec_chol"].numpy(),
+                            float(meta["shared_logdet"]))
 
 
 def retrieve(scores: np.ndarray, mode: Literal["sample", "batch"] = "sample") -> np.ndarray:
@@ -321,12 +373,11 @@ def certificate(sig: TaskSignatures, epsilon: float = 0.01, shared_space: bool =
                     P = precs_i[u]
                     diff = mt - means_i[u]
                     if id(P) not in traces:
-                        # tr(P C) as an elementwise sum (both symmetric): d^2, not d^3
-                        traces[id(P)] = float((P * ct).sum())
+                        traces[id(P)] = _trace_with(P, ct)
                     deltas.append((traces[id(P)] + diff @ P @ diff) / d - 1)
                     kappas.append(logdets_i[u] - logdets_t[s])
             delta, kappa = float(min(deltas)), float(min(kappas))
-            sigma2 = float(np.diag(ct).max())
+            sigma2 = float(_cov_diag(ct).max())
             M = 3 * d * sigma2 - kappa
             disc = M * M - 24 * d * sigma2 * kappa
             L = math.log(N / epsilon)

@@ -245,3 +245,16 @@ def resolve_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     return torch.device(name)
+
+
+def fingerprint(backbone: nn.Module) -> str:
+    """SHA-256 of the backbone's weights (every tensor's name, dtype, shape and bytes, sorted by
+    name); taken before any learner attaches units, so it names the pre-trained network."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    for name, tensor in sorted(backbone.state_dict().items()):
+        t = tensor.detach().cpu().contiguous()
+        digest.update(f"{name}|{t.dtype}|{tuple(t.shape)}|".encode())
+        digest.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return "sha256:" + digest.hexdigest()

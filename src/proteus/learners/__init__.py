@@ -2,6 +2,8 @@
 
 from . import (  # noqa: F401  (registers)
     inflora, o_lora, proteus, ranpac, s_prompts, sd_lora, seq_lora, simplecil)
-from .base import LEARNERS, Context, Learner, Prediction
+from .base import (LEARNERS, Capabilities, Context, Learner, LearnerError, Prediction,
+                   TaskOutcome)
 
-__all__ = ["LEARNERS", "Context", "Learner", "Prediction"]
+__all__ = ["LEARNERS", "Capabilities", "Context", "Learner", "LearnerError", "Prediction",
+           "TaskOutcome"]

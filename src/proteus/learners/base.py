@@ -22,6 +22,38 @@ LEARNERS: Registry["Learner"] = Registry("learner")
 class Prediction:
     classes: np.ndarray  # predicted class positions (class-order ids), shape (N,)
     tasks: np.ndarray | None = None  # inferred task index per sample, for learners that infer one
+    scores: np.ndarray | None = None  # the predicted class's score (logit, similarity), (N,)
+
+
+@dataclass
+class TaskOutcome:
+    """What learning one task produced, in a form the engine reads without knowing the learner:
+    ``timing`` (seconds per phase, beside the engine's own train/eval times), ``extras``
+    (learner-specific, JSON-ready; written to ``metrics.jsonl`` and ``results.json``) and an
+    optional retrieval ``certificate`` (METHOD.md section 6)."""
+
+    timing: dict[str, float] = field(default_factory=dict)
+    extras: dict[str, Any] = field(default_factory=dict)
+    certificate: dict[str, Any] | None = None
+
+
+@dataclass(frozen=True)
+class Capabilities:
+    """What a learner can do beyond learning a scenario in one run; commands check these
+    instead of the learner's name."""
+
+    #: a saved model can learn more tasks (False: it needs data it does not keep, e.g. joint-lora)
+    grows_after_load: bool = True
+    #: infers a task id per sample (retrieval), reported as ``task`` by predict
+    infers_task: bool = False
+    #: needs a token-based (transformer) backbone: prompt methods
+    needs_tokens: bool = False
+    #: why it cannot grow after loading, for the error message
+    grow_note: str = ""
+
+
+class LearnerError(ValueError):
+    """A learner asked to do what it cannot (e.g. grow a saved model it cannot grow)."""
 
 
 @dataclass
@@ -70,6 +102,10 @@ class Learner(ABC):
     """
 
     options_model: ClassVar[type[Options]] = Options
+    capabilities: ClassVar[Capabilities] = Capabilities()
+    #: patterns (fnmatch) of the state tensors that only learning more needs, not predicting;
+    #: a model directory stores them apart (``grow.safetensors``) so serving can leave them out
+    grow_keys: ClassVar[tuple[str, ...]] = ()
 
     def __init__(self, options: Options, backbone: Backbone, seed: int = 0):
         self.options = options
@@ -79,8 +115,23 @@ class Learner(ABC):
         self.tasks_learned = 0
 
     @abstractmethod
-    def learn_task(self, task: Task, ctx: Context) -> dict[str, Any]:
-        """Learn one task; returns learner-specific extras for the results (may be empty)."""
+    def learn_task(self, task: Task, ctx: Context) -> TaskOutcome:
+        """Learn one task; returns its timing, extras and optional certificate."""
+
+    def frozen_scope(self) -> ContextManager:
+        """Entered around frozen-feature extraction; a learner that installs adapters returns a
+        scope that switches them off, so cached features are the pre-trained backbone's."""
+        return contextlib.nullcontext()
+
+    def session_state(self) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+        """State that a *resumed run* needs beyond :meth:`state` (e.g. cluster moments for the
+        certificate); not part of a saved model. Empty by default."""
+        return {}, {}
+
+    def load_session_state(self, tensors: dict[str, torch.Tensor], meta: dict[str, Any],
+                           done: list[Task]) -> None:
+        """Inverse of :meth:`session_state`; ``done`` are the scenario's tasks learned so far
+        (a learner that keeps data, like joint-lora, takes it from there)."""
 
     def predict(self, data: LabeledData, ctx: Context) -> Prediction:
         """Predict class positions (and task ids where the learner infers them). The default is
@@ -89,7 +140,9 @@ class Learner(ABC):
         if scores is None:
             raise NotImplementedError(f"{type(self).__name__} must implement predict() or "
                                       "scores()")
-        return Prediction(classes=np.asarray(scores).argmax(1).astype(np.int64))
+        scores = np.asarray(scores)
+        classes = scores.argmax(1).astype(np.int64)
+        return Prediction(classes=classes, scores=scores[np.arange(len(scores)), classes])
 
     @abstractmethod
     def state(self) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:

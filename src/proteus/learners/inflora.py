@@ -35,6 +35,7 @@ import torch
 from pydantic import Field
 from torch import nn
 
+from ..seeding import derive_seed
 from .base import LEARNERS
 from .lowrank import LoRABaseline, LoRABaselineOptions
 
@@ -95,6 +96,7 @@ class InfLoRAOptions(LoRABaselineOptions):
                    "InfLoRA: per-task branch B_t A_t, A_t designed orthogonal to old inputs")
 class InfLoRA(LoRABaseline):
     options_model = InfLoRAOptions
+    grow_keys = ("memory.*",)
 
     def __init__(self, options: InfLoRAOptions, backbone, seed: int = 0):
         super().__init__(options, backbone, seed)
@@ -140,7 +142,7 @@ class InfLoRA(LoRABaseline):
         k = self.tasks_learned
         covs = self.input_covariances(task.train.items, prefix, k - 1 if k else None,
                                       ctx.batch_size)
-        self.pool.begin_summed_task(self.seed * 1000 + k)
+        self.pool.begin_summed_task(derive_seed(self.seed, k, "units"))
         params = []
         residual = []
         for name, layer in self.pool.layers.items():
@@ -181,4 +183,5 @@ class InfLoRA(LoRABaseline):
     def load_state(self, tensors, meta) -> None:
         super().load_state(tensors, meta)
         for name, layer in self.pool.layers.items():
-            self.memory[name] = tensors[f"memory.{name}"].to(layer.base.weight.device)
+            if f"memory.{name}" in tensors:  # growth state: absent from a serving export
+                self.memory[name] = tensors[f"memory.{name}"].to(layer.base.weight.device)

@@ -27,7 +27,8 @@ from ..data.base import LabeledData, take
 from ..data.scenario import Task
 from ..lora import LowRankLayer, LowRankPool
 from ..registry import Options
-from .base import Context, Learner
+from ..seeding import derive_seed, generator
+from .base import Context, Learner, TaskOutcome
 
 
 class LowRankOptions(Options):
@@ -248,7 +249,7 @@ class LoRABaseline(LowRankLearner):
         self.pool.end_task()
 
     # -- learning ------------------------------------------------------------------------------
-    def learn_task(self, task: Task, ctx: Context) -> dict[str, Any]:
+    def learn_task(self, task: Task, ctx: Context) -> TaskOutcome:
         t0 = time.perf_counter()
         prefix = self._prefix(task.train.items, ctx.batch_size)
         extras: dict[str, Any] = {}
@@ -259,8 +260,7 @@ class LoRABaseline(LowRankLearner):
         self.task_classes.append(list(task.classes))
         self.num_classes = len(self.head_b)
         self.tasks_learned += 1
-        extras["timing"] = {"train_units_s": time.perf_counter() - t0}
-        return extras
+        return TaskOutcome(timing={"train_units_s": time.perf_counter() - t0}, extras=extras)
 
     def _grow_head(self, task: Task) -> None:
         top = max(task.classes) + 1
@@ -268,7 +268,7 @@ class LoRABaseline(LowRankLearner):
         if top <= old:
             return
         d = self.backbone.embed_dim
-        gen = torch.Generator().manual_seed(self.seed * 1000 + self.tasks_learned)
+        gen = generator(self.seed, self.tasks_learned, "head-rows")
         bound = 1.0 / np.sqrt(d)  # nn.Linear's default range
         rows = (torch.rand(top - old, d, generator=gen) * 2 - 1) * bound
         self.head_w = torch.cat([self.head_w, rows.to(self.head_w.device)])
@@ -290,7 +290,7 @@ class LoRABaseline(LowRankLearner):
             return [] if term is None else [term]
 
         self._fit(params, head, task.train.items, targets, prefix,
-                  self.seed * 1000 + self.tasks_learned, extra_loss=penalty, clip_head=True)
+                  derive_seed(self.seed, self.tasks_learned, "fit"), extra_loss=penalty, clip_head=True)
         W, b = head.weight, head.bias
         if current:  # other tasks' rows were outside the loss; keep them bit for bit
             others = torch.ones(len(self.head_b), dtype=torch.bool, device=device)

@@ -29,6 +29,7 @@ from __future__ import annotations
 import torch
 from pydantic import Field
 
+from ..seeding import derive_seed
 from .base import LEARNERS
 from .lowrank import LoRABaseline, LoRABaselineOptions
 
@@ -48,7 +49,7 @@ class OLoRA(LoRABaseline):
         return self.pool.orthogonality()
 
     def _begin_task(self, task, ctx, prefix, extras):
-        self.pool.begin_summed_task(self.seed * 1000 + self.tasks_learned)
+        self.pool.begin_summed_task(derive_seed(self.seed, self.tasks_learned, "units"))
         if self.tasks_learned:
             with torch.no_grad():
                 extras["orth_penalty_start"] = float(self.orthogonality())

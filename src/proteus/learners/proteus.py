@@ -33,8 +33,9 @@ from ..data.base import LabeledData, take
 from ..data.scenario import Task
 from ..heads import RidgeHead
 from ..lora import LowRankPool
+from ..seeding import derive_seed
 from ..signatures import SignatureOptions, TaskSignatures, certificate, retrieve
-from .base import LEARNERS, Context, Prediction
+from .base import LEARNERS, Capabilities, Context, Prediction, TaskOutcome
 from .lowrank import LowRankLearner, LowRankOptions
 
 
@@ -72,6 +73,8 @@ class ProteusOptions(LowRankOptions):
                    "PROTEUS: composed low-rank units + Gaussian signatures + ridge head")
 class Proteus(LowRankLearner):
     options_model = ProteusOptions
+    capabilities = Capabilities(infers_task=True)
+    grow_keys = ("head.G", "head.Q", "sig.stats.*")
 
     def __init__(self, options: ProteusOptions, backbone, seed: int = 0):
         super().__init__(options, backbone, seed)
@@ -114,7 +117,7 @@ class Proteus(LowRankLearner):
         return np.stack([cache[int(sid)] for sid in data.ids])
 
     # -- learning ------------------------------------------------------------------------
-    def learn_task(self, task: Task, ctx: Context) -> dict[str, Any]:
+    def learn_task(self, task: Task, ctx: Context) -> TaskOutcome:
         o, timing = self.options, {}
         k = self.tasks_learned
         items = task.train.items
@@ -146,24 +149,24 @@ class Proteus(LowRankLearner):
         lam = self.head.update(adapted, task.train.labels, self.num_classes)
         timing["head_s"] = time.perf_counter() - t0
 
-        extras: dict[str, Any] = {"timing": timing, "ridge_lambda": lam,
+        extras: dict[str, Any] = {"ridge_lambda": lam,
                                   "signature_bytes": self.signatures.nbytes(k),
                                   "signature_shared_bytes": self.signatures.shared_nbytes(),
                                   "signature_components": int(len(self.signatures.tasks[k].means))}
         last = ctx.num_tasks is not None and k == ctx.num_tasks - 1
+        cert = None
         if o.certificate == "every_task" or (o.certificate == "final" and last):
             t0 = time.perf_counter()
             cert = certificate(self.signatures, shared_space=o.signature_space == "frozen")
             timing["certificate_s"] = time.perf_counter() - t0
-            extras["certificate"] = cert
-        return extras
+        return TaskOutcome(timing=timing, extras=extras, certificate=cert)
 
     def _train_units(self, task: Task, prefix: torch.Tensor | None, ctx: Context) -> None:
         o = self.options
         k = self.tasks_learned
-        params = self.pool.begin_task(self.seed * 1000 + k)
+        params = self.pool.begin_task(derive_seed(self.seed, k, "units"))
         classes = np.asarray(task.classes)
-        temp_head = nn.Linear(self.backbone.embed_dim, len(classes)).to(self.backbone.device)
+        temp_head = self._new_head(len(classes), derive_seed(self.seed, k, "head"))
         has_pool = self.pool.num_tasks > 0
 
         def penalties() -> list[torch.Tensor]:
@@ -175,7 +178,7 @@ class Proteus(LowRankLearner):
             return terms
 
         self._fit(params, temp_head, task.train.items,
-                  np.searchsorted(classes, task.train.labels), prefix, self.seed * 1000 + k,
+                  np.searchsorted(classes, task.train.labels), prefix, derive_seed(self.seed, k, "fit"),
                   extra_loss=penalties)
         self.pool.end_task()  # the temporary head is discarded (section 5)
 
@@ -200,20 +203,24 @@ class Proteus(LowRankLearner):
     def predict(self, data: LabeledData, ctx: Context) -> Prediction:
         prefix = self._prefix(data.items, ctx.batch_size)
         tasks = self.infer_tasks(data, ctx, prefix)
-        return Prediction(classes=self._classify(data, ctx, tasks, prefix), tasks=tasks)
+        classes, scores = self._classify(data, ctx, tasks, prefix)
+        return Prediction(classes=classes, tasks=tasks, scores=scores)
 
     def predict_given_task(self, data, ctx, tasks, task_classes) -> np.ndarray:
         """Task k's backbone and the ridge logits restricted to task k's classes (the head's
         task-incremental answer, whatever ``restrict_to_task`` says)."""
         tasks = np.asarray(tasks, dtype=np.int64)
         return self._classify(data, ctx, tasks, self._prefix(data.items, ctx.batch_size),
-                              restrict=True)
+                              restrict=True)[0]
 
     def _classify(self, data: LabeledData, ctx: Context, tasks: np.ndarray,
-                  prefix: torch.Tensor | None, restrict: bool | None = None) -> np.ndarray:
-        """Class of each sample by the backbone and (restricted) head of its task ``tasks[i]``."""
+                  prefix: torch.Tensor | None, restrict: bool | None = None
+                  ) -> tuple[np.ndarray, np.ndarray]:
+        """Class of each sample by the backbone and (restricted) head of its task ``tasks[i]``,
+        and that class's ridge logit."""
         restrict = self.options.restrict_to_task if restrict is None else restrict
         classes = np.zeros(len(data), dtype=np.int64)
+        scores = np.zeros(len(data), dtype=np.float64)
         for k in np.unique(tasks):
             rows = np.flatnonzero(tasks == k)
             if self.pool is not None and self.options.merge_for_inference:
@@ -228,7 +235,8 @@ class Proteus(LowRankLearner):
                 mask[self.task_classes[k]] = 0.0
                 logits = logits + mask
             classes[rows] = logits.argmax(1)
-        return classes
+            scores[rows] = logits[np.arange(len(rows)), classes[rows]]
+        return classes, scores
 
     # -- state ---------------------------------------------------------------------------
     def state(self):
@@ -254,6 +262,12 @@ class Proteus(LowRankLearner):
         self.head.load_state(tensors, meta["head"])
         if self.pool is not None:
             self.pool.load_state(tensors, meta["lora"])
+
+    def session_state(self):
+        return self.signatures.session_state()
+
+    def load_session_state(self, tensors, meta, done) -> None:
+        self.signatures.load_session_state(tensors)
 
     def parameter_counts(self) -> dict[str, int]:
         counts = super().parameter_counts()

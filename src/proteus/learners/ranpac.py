@@ -20,8 +20,6 @@ Choices:
 
 from __future__ import annotations
 
-from typing import Any
-
 import numpy as np
 from pydantic import Field
 
@@ -29,7 +27,7 @@ from ..data.base import LabeledData
 from ..data.scenario import Task
 from ..heads import RidgeHead
 from ..registry import Options
-from .base import LEARNERS, Context, Learner
+from .base import LEARNERS, Context, Learner, TaskOutcome
 
 
 class RanPACOptions(Options):
@@ -41,17 +39,18 @@ class RanPACOptions(Options):
                    "RanPAC: frozen features, random projection + ReLU, streaming ridge head")
 class RanPAC(Learner):
     options_model = RanPACOptions
+    grow_keys = ("head.G", "head.Q")
 
     def __init__(self, options: RanPACOptions, backbone, seed: int = 0):
         super().__init__(options, backbone, seed)
         self.head = RidgeHead(backbone.embed_dim, options.proj_dim, seed, options.lambdas)
 
-    def learn_task(self, task: Task, ctx: Context) -> dict[str, Any]:
+    def learn_task(self, task: Task, ctx: Context) -> TaskOutcome:
         feats = ctx.features(task.train, desc=f"task {task.index}: embed train")
         self.num_classes = max(self.num_classes, max(task.classes) + 1)
         lam = self.head.update(feats, task.train.labels, self.num_classes)
         self.tasks_learned += 1
-        return {"ridge_lambda": lam}
+        return TaskOutcome(extras={"ridge_lambda": lam})
 
     def scores(self, data: LabeledData, ctx: Context) -> np.ndarray:
         return self.head.logits(ctx.features(data, desc="embed test"))

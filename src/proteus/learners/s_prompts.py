@@ -22,16 +22,15 @@ Choices:
 
 from __future__ import annotations
 
-from typing import Any
-
 import numpy as np
 import torch
 from pydantic import Field
 
 from ..data.base import LabeledData
 from ..data.scenario import Task
+from ..seeding import derive_seed
 from ..signatures import SignatureOptions, TaskSignatures, retrieve
-from .base import LEARNERS, Context, Prediction
+from .base import LEARNERS, Capabilities, Context, Prediction, TaskOutcome
 from .lowrank import LowRankLearner, LowRankOptions
 
 
@@ -43,6 +42,7 @@ class SPromptsOptions(LowRankOptions):
                    "S-Prompts (LoRA form): independent units + head per task, k-means retrieval")
 class SPrompts(LowRankLearner):
     options_model = SPromptsOptions
+    capabilities = Capabilities(infers_task=True)
     alpha = 0.0  # no transfer between tasks' units
 
     def __init__(self, options: SPromptsOptions, backbone, seed: int = 0):
@@ -52,15 +52,15 @@ class SPrompts(LowRankLearner):
         self.heads: list[torch.nn.Linear] = []
         self.task_classes: list[list[int]] = []
 
-    def learn_task(self, task: Task, ctx: Context) -> dict[str, Any]:
+    def learn_task(self, task: Task, ctx: Context) -> TaskOutcome:
         k = self.tasks_learned
-        seed = self.seed * 1000 + k
         classes = np.asarray(task.classes)
-        units = self.pool.begin_task(seed)
-        head = self._new_head(len(classes), seed)
+        units = self.pool.begin_task(derive_seed(self.seed, k, "units"))
+        head = self._new_head(len(classes), derive_seed(self.seed, k, "head"))
         prefix = self._prefix(task.train.items, ctx.batch_size)
         loss = self._fit(units, head, task.train.items,
-                         np.searchsorted(classes, task.train.labels), prefix, seed)
+                         np.searchsorted(classes, task.train.labels), prefix,
+                         derive_seed(self.seed, k, "fit"))
         self.pool.end_task()
         self.heads.append(head.requires_grad_(False))
         self.task_classes.append([int(c) for c in classes])
@@ -68,7 +68,8 @@ class SPrompts(LowRankLearner):
                                         task.train.labels)
         self.num_classes = max(self.num_classes, int(classes.max()) + 1)
         self.tasks_learned += 1
-        return {"final_loss": loss, "signature_components": int(len(comp.means))}
+        return TaskOutcome(extras={"final_loss": loss,
+                                   "signature_components": int(len(comp.means))})
 
     def predict(self, data: LabeledData, ctx: Context) -> Prediction:
         tasks = retrieve(self.signatures.scores(ctx.features(data, desc="embed test")), "sample")

@@ -33,6 +33,7 @@ import torch
 from torch import nn
 
 from ..lora import LowRankLayer
+from ..seeding import derive_seed
 from .base import LEARNERS
 from .lowrank import LoRABaseline, LoRABaselineOptions
 
@@ -114,7 +115,7 @@ class SDLoRA(LoRABaseline):
                 for name, layer in self.pool.layers.items()} if t > 0 else {}
 
     def _begin_task(self, task, ctx, prefix, extras):
-        self.pool.begin_task(self.seed * 1000 + self.tasks_learned)
+        self.pool.begin_task(derive_seed(self.seed, self.tasks_learned, "units"))
         return [p for layer in self.pool.layers.values()
                 for p in (layer.magnitude, layer.A_new, layer.B_new) if p.numel()]
 

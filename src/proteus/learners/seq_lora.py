@@ -36,7 +36,8 @@ from torch import nn
 
 from ..data.base import LabeledData, stack
 from ..data.scenario import Task
-from .base import LEARNERS, Context
+from ..seeding import derive_seed
+from .base import LEARNERS, Capabilities, Context, LearnerError, TaskOutcome
 from .lowrank import LowRankLearner, LowRankOptions
 
 
@@ -61,10 +62,10 @@ class SeqLoRA(LowRankLearner):
     def _begin_units(self, k: int) -> list[nn.Parameter]:
         """Fresh units (pool active on them, "train"); the pool itself never stores a task."""
         self._units_ready = True
-        return self.pool.begin_task(self.seed * 1000 + k)
+        return self.pool.begin_task(derive_seed(self.seed, k, "units"))
 
     def _grow_head(self, top: int, k: int) -> None:
-        new = self._new_head(top, self.seed * 1000 + k)
+        new = self._new_head(top, derive_seed(self.seed, k, "head"))
         if self.head is not None and not self.joint:  # keep what the old rows learned
             with torch.no_grad():
                 old = self.head.out_features
@@ -72,7 +73,7 @@ class SeqLoRA(LowRankLearner):
                 new.bias[:old] = self.head.bias
         self.head = new
 
-    def learn_task(self, task: Task, ctx: Context) -> dict[str, Any]:
+    def learn_task(self, task: Task, ctx: Context) -> TaskOutcome:
         k = self.tasks_learned
         top = max(max(task.classes) + 1, self.num_classes)
         if self.joint:
@@ -84,13 +85,14 @@ class SeqLoRA(LowRankLearner):
             units = self.pool.parameters() if self._units_ready else self._begin_units(k)
         self._grow_head(top, k)
         prefix = self._prefix(data.items, ctx.batch_size)
-        loss = self._fit(units, self.head, data.items, data.labels, prefix, self.seed * 1000 + k)
+        loss = self._fit(units, self.head, data.items, data.labels, prefix,
+                         derive_seed(self.seed, k, "fit"))
         self.num_classes = top
         self.tasks_learned += 1
         extras: dict[str, Any] = {"train_samples": len(data), "final_loss": loss}
         if self.joint:
             extras["tasks_in_training"] = len(self._kept)
-        return extras
+        return TaskOutcome(extras=extras)
 
     def scores(self, data: LabeledData, ctx: Context) -> np.ndarray:
         h = self._embed(data.items, "train" if self._units_ready else None, ctx.batch_size,
@@ -144,3 +146,17 @@ class JointLoRA(SeqLoRA):
     """See the module docstring."""
 
     joint = True
+    capabilities = Capabilities(
+        grows_after_load=False,
+        grow_note="joint-lora retrains on every earlier task's data, which a saved model does "
+                  "not keep")
+
+    def learn_task(self, task: Task, ctx: Context) -> TaskOutcome:
+        if len(self._kept) < self.tasks_learned:
+            raise LearnerError(f"joint-lora cannot learn task {self.tasks_learned} here: "
+                               f"{self.capabilities.grow_note}")
+        return super().learn_task(task, ctx)
+
+    def load_session_state(self, tensors, meta, done) -> None:
+        # a resumed run still has the scenario: the kept data are its earlier tasks' data
+        self._kept = [t.train for t in done]

@@ -13,7 +13,7 @@ import torch
 from ..data.base import LabeledData
 from ..data.scenario import Task
 from ..registry import Options
-from .base import LEARNERS, Context, Learner
+from .base import LEARNERS, Context, Learner, TaskOutcome
 
 
 class SimpleCILOptions(Options):
@@ -29,7 +29,7 @@ class SimpleCIL(Learner):
         super().__init__(options, backbone, seed)
         self.prototypes = np.zeros((0, backbone.embed_dim), dtype=np.float32)
 
-    def learn_task(self, task: Task, ctx: Context) -> dict:
+    def learn_task(self, task: Task, ctx: Context) -> TaskOutcome:
         feats = ctx.features(task.train, desc=f"task {task.index}: embed train")
         top = max(self.num_classes, max(task.classes) + 1)  # the class space never shrinks
         if top > len(self.prototypes):
@@ -40,7 +40,7 @@ class SimpleCIL(Learner):
             self.prototypes[c] = feats[task.train.labels == c].mean(axis=0)
         self.num_classes = top
         self.tasks_learned += 1
-        return {}
+        return TaskOutcome()
 
     def scores(self, data: LabeledData, ctx: Context) -> np.ndarray:
         return cosine_scores(ctx.features(data, desc="embed test"),

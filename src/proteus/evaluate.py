@@ -1,0 +1,63 @@
+"""Evaluation after each task: accuracy per seen task, task retrieval, task-IL at the end.
+
+The engine hands the evaluator its turn after every task; the evaluator owns the
+:class:`~proteus.metrics.AccuracyTracker` and knows no learner by name.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable, ContextManager
+
+import numpy as np
+
+from .data.base import stack
+from .data.scenario import Scenario, Task
+from .learners import Context, Learner
+from .metrics import AccuracyTracker
+
+
+@dataclass
+class Evaluator:
+    scenario: Scenario
+    tracker: AccuracyTracker = field(default=None)
+
+    def __post_init__(self) -> None:
+        if self.tracker is None:
+            self.tracker = AccuracyTracker(len(self.scenario.tasks))
+
+    def after_task(self, task: Task, learner: Learner, ctx: Context,
+                   amp: Callable[[], ContextManager]) -> dict[str, float]:
+        """Evaluate on the test data of tasks 0..task; at the last task also task-IL.
+        Returns the timing of the evaluation (``eval_s``, ``task_il_eval_s``)."""
+        t0 = time.perf_counter()
+        seen = self.scenario.tasks[: task.index + 1]
+        test = stack([t.test for t in seen])
+        true_task = np.concatenate([np.full(len(t.test), t.index) for t in seen])
+        with amp():
+            pred = learner.predict(test, ctx)
+        correct = pred.classes == test.labels
+        for t in seen:
+            mask = true_task == t.index
+            self.tracker.record(task.index, t.index, int(correct[mask].sum()), int(mask.sum()))
+        if pred.tasks is not None:
+            self.tracker.record_retrieval(true_task, np.asarray(pred.tasks))
+        timing = {"eval_s": time.perf_counter() - t0}
+        if task.index == len(self.scenario.tasks) - 1:  # task-IL once, at the end
+            t0 = time.perf_counter()
+            with amp():
+                given = learner.predict_given_task(test, ctx, true_task,
+                                                   [t.classes for t in self.scenario.tasks])
+            if given is not None:
+                self.tracker.record_task_il(int((np.asarray(given) == test.labels).sum()),
+                                            len(test))
+            timing["task_il_eval_s"] = time.perf_counter() - t0
+        return timing
+
+    def line(self, task: Task) -> dict[str, Any]:
+        """The metrics of the step just evaluated (one ``metrics.jsonl`` line, timing aside)."""
+        acc = self.tracker.accuracy_matrix()
+        return {"task": task.index, "accuracy_seen": float(self.tracker.accuracy_seen()[-1]),
+                "accuracy_per_task": [float(acc[i, task.index]) for i in range(task.index + 1)],
+                "task_retrieval_accuracy": self.tracker.summary().get("task_retrieval_accuracy")}
