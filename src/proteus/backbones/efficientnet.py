@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
+import sys
+
 from typing import Literal
 
 import torch
@@ -42,7 +45,9 @@ class EfficientNetLite(Backbone):
         if options.pretrained:
             path = options.weights_path or _packaged_weights()
             # weights_path keeps the loader off the network
-            self.net = EfficientNet.from_pretrained(options.variant, weights_path=path)
+            # the package prints a notice to stdout, which is where predict writes its answers
+            with contextlib.redirect_stdout(sys.stderr):
+                self.net = EfficientNet.from_pretrained(options.variant, weights_path=path)
         else:
             self.net = EfficientNet.from_name(options.variant)
         self.net._fc = torch.nn.Identity()
