@@ -110,3 +110,21 @@ def assert_matches_last_column(ids, scenario, acc) -> None:
         got = float((ids[start:start + n] == task.test.labels).mean())
         assert got == pytest.approx(acc[task.index][last]), task.index
         start += n
+
+
+def tiny_bert(folder: Path) -> Path:
+    """A random 2-layer BERT with a character vocabulary, saved to ``folder`` (offline)."""
+    from transformers import BertConfig, BertModel, BertTokenizer
+
+    folder.mkdir(parents=True, exist_ok=True)
+    letters = "abcdefghijklmnopqrstuvwxyz"
+    vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *letters, *("##" + c for c in letters)]
+    (folder / "vocab.txt").write_text("\n".join(vocab) + "\n")
+    BertTokenizer(str(folder / "vocab.txt")).save_pretrained(folder)
+    with torch.random.fork_rng():
+        torch.manual_seed(0)
+        model = BertModel(BertConfig(vocab_size=len(vocab), hidden_size=32, num_hidden_layers=2,
+                                     num_attention_heads=2, intermediate_size=64,
+                                     max_position_embeddings=64))
+    model.save_pretrained(folder)
+    return folder

@@ -282,3 +282,50 @@ def test_model_version_holds_json_and_safetensors_only(model_dir):
         else:  # safetensors: 8-byte header length, then a JSON header
             header = json.loads(raw[8:8 + int.from_bytes(raw[:8], "little")])
             assert all("dtype" in v for k, v in header.items() if k != "__metadata__")
+
+
+# -- a text model ---------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def text_model_dir(tmp_path_factory):
+    from conftest import tiny_bert
+
+    root = tmp_path_factory.mktemp("product_text")
+    bert = tiny_bert(root / "bert")
+    raw = tiny_config_dict(
+        root / "runs", name="txt", checkpoint=False,
+        data=[{"name": "synthetic", "modality": "text", "num_classes": 4,
+               "samples_per_class": 20, "noise": 0.1, "seed": 1}],
+        scenario={"num_tasks": 2},
+        backbone={"name": "hf-text", "model": str(bert), "local_files_only": True,
+                  "max_length": 32})
+    run(validate(raw))
+    return root / "runs" / "txt" / "model"
+
+
+def test_text_predict_from_strings_files_and_tables(text_model_dir, tmp_path, capsys):
+    texts = ["alpha beta gamma", "delta epsilon", "zeta eta theta"]
+    (tmp_path / "lines.txt").write_text("\n".join(texts) + "\n\n")
+    (tmp_path / "t.csv").write_text("id,body\n" + "".join(f"{i},{t}\n" for i, t in enumerate(texts)))
+    (tmp_path / "t.jsonl").write_text("".join(json.dumps({"body": t}) + "\n" for t in texts))
+    expected = load_model(text_model_dir, device="cpu").predict(texts)["class_names"]
+    from_text = _predict_lines(capsys, text_model_dir, extra=[x for t in texts
+                                                             for x in ("--text", t)])
+    from_file = _predict_lines(capsys, text_model_dir, tmp_path / "lines.txt")
+    from_csv = _predict_lines(capsys, text_model_dir, tmp_path / "t.csv", extra=["--column", "body"])
+    from_jsonl = _predict_lines(capsys, text_model_dir, tmp_path / "t.jsonl",
+                                extra=["--column", "body"])
+    for lines in (from_text, from_file, from_csv, from_jsonl):
+        assert [r["class"] for r in lines] == expected
+    assert [r["input"] for r in from_csv] == [f"{tmp_path / 't.csv'}:{n}" for n in (2, 3, 4)]
+
+
+def test_text_predict_bad_inputs(text_model_dir, tmp_path, capsys):
+    (tmp_path / "empty.txt").write_text("")
+    (tmp_path / "t.csv").write_text("id,body\n1,hello\n")
+    cases = [(["--text", "  "], "--text 0: empty text"),
+             ([str(tmp_path / "empty.txt")], "empty.txt: empty file"),
+             ([str(tmp_path / "t.csv")], "no column 'text'; columns: id, body")]
+    for args, message in cases:
+        capsys.readouterr()
+        assert main(["predict", str(text_model_dir), *args, "--quiet", "--device", "cpu"]) == 2
+        assert message in capsys.readouterr().err

@@ -23,9 +23,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-pytest.importorskip("fastapi")
-pytest.importorskip("uvicorn")
-httpx = pytest.importorskip("httpx")
+import httpx  # noqa: E402  (installed by make test: these tests never skip)
 
 from PIL import Image  # noqa: E402
 from rich.console import Console  # noqa: E402
@@ -36,7 +34,7 @@ from proteus.data.base import DataError  # noqa: E402
 from proteus.model import load_model  # noqa: E402
 from proteus.serve import add_parser, create_app, serve  # noqa: E402
 
-from conftest import TINY_IMAGE_SIZE, tiny_config_dict  # noqa: E402
+from conftest import TINY_IMAGE_SIZE, tiny_bert, tiny_config_dict  # noqa: E402
 
 TOKEN = "s3cret-token"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
@@ -46,22 +44,6 @@ SRC = str(Path(__file__).resolve().parents[1] / "src")
 
 
 # -- models --------------------------------------------------------------------------------------
-def _tiny_bert(folder: Path) -> Path:
-    from transformers import BertConfig, BertModel, BertTokenizer
-    import torch
-
-    folder.mkdir(parents=True, exist_ok=True)
-    letters = "abcdefghijklmnopqrstuvwxyz"
-    vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *letters, *("##" + c for c in letters)]
-    (folder / "vocab.txt").write_text("\n".join(vocab) + "\n")
-    BertTokenizer(str(folder / "vocab.txt")).save_pretrained(folder)
-    with torch.random.fork_rng():
-        torch.manual_seed(0)
-        model = BertModel(BertConfig(vocab_size=len(vocab), hidden_size=32, num_hidden_layers=2,
-                                     num_attention_heads=2, intermediate_size=64,
-                                     max_position_embeddings=64))
-    model.save_pretrained(folder)
-    return folder
 
 
 @pytest.fixture(scope="module")
@@ -70,7 +52,7 @@ def model_dirs(tmp_path_factory) -> dict[str, Path]:
     quiet = Console(file=io.StringIO())
     img = tiny_config_dict(root / "runs", name="img", checkpoint=False)
     proteus.run(validate(img), console=quiet)
-    bert = _tiny_bert(root / "tiny-bert")
+    bert = tiny_bert(root / "tiny-bert")
     txt = tiny_config_dict(
         root / "runs", name="txt", checkpoint=False,
         data=[{"name": "synthetic", "modality": "text", "num_classes": 4,

@@ -41,7 +41,7 @@ def _learn(args: argparse.Namespace, console: Console) -> int:
 
     with locked(args.model_dir):
         model = load_model(args.model_dir, device=args.device, batch_size=args.batch_size)
-        model._holding_lock = True
+        model.holds_lock = True
         model.progress = not args.quiet
         data = read_learn_data(args.data, model.modality, args.set or [])
         summary = model.learn(data, on_known=args.on_known)

@@ -108,7 +108,7 @@ def run(config: RunConfig, console: Console | None = None, resume: bool = False
             # per task the summary; the clusters of the last certificate go in once, at the end
             extras["certificate"] = {k: v for k, v in outcome.certificate.items()
                                      if k != "clusters"}
-            state["certificates"] = [*state["certificates"][-1:], outcome.certificate][-1:]
+            state["certificates"] = [outcome.certificate]  # only the last one is kept in full
             state.setdefault("certified_fractions", []).append(
                 outcome.certificate.get("certified_fraction"))
         state["timing"].append(step_timing)

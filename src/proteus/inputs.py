@@ -22,6 +22,7 @@ from tqdm.auto import tqdm
 from .config import Component, apply_overrides
 from .data import DATASETS, DataError, LabeledData, concat
 from .data.readers import DEFAULT_IMAGE_EXTENSIONS
+from .data.readers.text_table import _csv_rows, _jsonl_rows
 from .registry import ConfigError
 
 TABLE_SUFFIXES = {".csv", ".tsv", ".jsonl"}
@@ -112,35 +113,23 @@ def _texts(path: Path, column: str) -> list[tuple[str, str]]:
     if path.is_dir():
         raise DataError(f"{path}: a folder; a text model reads text files and tables")
     suffix = path.suffix.lower()
+    if suffix in TABLE_SUFFIXES:  # the text-table reader's row parsers: same errors, same lines
+        rows = _jsonl_rows(path) if suffix == ".jsonl" else _csv_rows(path)
+        out = []
+        for n, row in rows:
+            if column not in row:
+                raise DataError(f"{path}: line {n}: no column '{column}'; columns: "
+                                f"{', '.join(row)} (--column names it)")
+            out.append((f"{path}:{n}", str(row[column] or "")))
+        return out
     try:
         content = path.read_text()
     except UnicodeDecodeError:
         raise DataError(f"{path}: not UTF-8 text") from None
     if not content.strip():
         raise DataError(f"{path}: empty file")
-    out = []
-    if suffix == ".jsonl":
-        for n, line in enumerate(content.splitlines(), 1):
-            if not line.strip():
-                continue
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise DataError(f"{path}:{n}: not valid JSON ({exc.msg})") from None
-            if not isinstance(record, dict) or column not in record:
-                raise DataError(f"{path}:{n}: no column '{column}' (--column names it)")
-            out.append((f"{path}:{n}", str(record[column] or "")))
-    elif suffix in (".csv", ".tsv"):
-        reader = csv.DictReader(content.splitlines(), delimiter="\t" if suffix == ".tsv" else ",")
-        if column not in (reader.fieldnames or []):
-            raise DataError(f"{path}: no column '{column}'; columns: "
-                            f"{', '.join(reader.fieldnames or [])} (--column names it)")
-        for n, row in enumerate(reader, 2):
-            out.append((f"{path}:{n}", row[column] or ""))
-    else:
-        out = [(f"{path}:{n}", line) for n, line in enumerate(content.splitlines(), 1)
-               if line.strip()]
-    return out
+    return [(f"{path}:{n}", line) for n, line in enumerate(content.splitlines(), 1)
+            if line.strip()]
 
 
 # -- predict output ---------------------------------------------------------------------------

@@ -39,7 +39,9 @@ class ProteusModel:
     path: Path | None = None
     batch_size: int = 256
     progress: bool = False
-    _holding_lock: bool = field(default=False, repr=False)
+    #: the caller holds the directory's writer lock already (``proteus learn`` takes it before
+    #: loading, so that no other writer can slip a version in between)
+    holds_lock: bool = field(default=False, repr=False)
 
     @property
     def class_names(self) -> list[str]:
@@ -89,7 +91,7 @@ class ProteusModel:
 
     @contextlib.contextmanager
     def _lock(self) -> Iterator[None]:
-        if self._holding_lock:
+        if self.holds_lock:
             yield
             return
         with locked(self.path):
