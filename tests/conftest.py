@@ -16,6 +16,8 @@ import pytest
 import torch
 import yaml
 
+from proteus.assemble import Run, assemble
+from proteus.config import validate
 from proteus.storage import SaveSpec, save_model
 
 # Set at import time: huggingface_hub reads these when it is first imported.
@@ -90,6 +92,14 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
+
+
+def assembled(raw: dict[str, Any], manifest: Path | None = None, **parts: bool) -> Run:
+    """``assemble`` of a raw config (what ``proteus run`` builds), optionally on the split of
+    a saved ``manifest``; ``parts`` as for :func:`proteus.assemble.assemble`."""
+    if manifest is not None:
+        raw = {**raw, "scenario": {"manifest": str(manifest)}}
+    return assemble(validate(raw), **parts)
 
 
 def save_driven(path: Path, learner, config, scenario) -> Path:

@@ -17,13 +17,10 @@ import pytest
 import torch
 
 import proteus
-from proteus.backbones import BACKBONES
 from proteus.config import validate
-from proteus.data import ScenarioOptions, build_scenario, stack
-from proteus.assemble import build_learner, load_data
-from proteus.learners import Context
+from proteus.data import stack
 
-from conftest import TINY_NUM_TASKS, save_driven
+from conftest import TINY_NUM_TASKS, assembled, save_driven
 
 T = TINY_NUM_TASKS
 LORA = {"rank": 2, "epochs": 8, "lr": 1e-2, "batch_size": 16}
@@ -54,10 +51,8 @@ def runs(tmp_path_factory, make_tiny_config):
 
 
 def _scenario(raw: dict, manifest: Path | None = None):
-    config = validate(raw)
-    options = (ScenarioOptions(manifest=str(manifest)) if manifest
-               else ScenarioOptions.model_validate(config.scenario))
-    return config, build_scenario(load_data(config.data), options, seed=config.seed)
+    run = assembled(raw, manifest, backbone=False, learner=False)
+    return run.config, run.scenario
 
 
 @pytest.fixture(scope="module")
@@ -67,11 +62,8 @@ def driven(tmp_path_factory, make_tiny_config):
     out = {}
     for name in LEARNERS:
         raw = make_tiny_config(root, name=name, learner=_learner_cfg(name))
-        config, scenario = _scenario(raw)
-        backbone = BACKBONES.build(config.backbone.name, config.backbone.options)
-        learner = build_learner(config.learner, backbone, config.seed)
-        ctx = Context(backbone=backbone, seed=config.seed, batch_size=64, progress=False,
-                      frozen_scope=learner.frozen_scope)
+        run = assembled(raw)
+        config, scenario, learner, ctx = run.config, run.scenario, run.learner, run.ctx
         snapshots, extras = [], []
         for task in scenario.tasks:
             extras.append(learner.learn_task(task, ctx).extras)
@@ -284,11 +276,8 @@ def test_training_under_autocast_runs_the_current_weights(make_tiny_config, tmp_
     trainable leaves until the outermost context exits, so a training loop inside it must drop
     them after each step (on a GPU, a stale head cost seq-lora 100% -> 83.5% on task 0)."""
     raw = make_tiny_config(tmp_path, learner=_learner_cfg("seq-lora"))
-    config, scenario = _scenario(raw)
-    backbone = BACKBONES.build(config.backbone.name, config.backbone.options)
-    learner = build_learner(config.learner, backbone, config.seed)
-    ctx = Context(backbone=backbone, seed=config.seed, batch_size=64, progress=False,
-                  frozen_scope=learner.frozen_scope)
+    run = assembled(raw)
+    scenario, backbone, learner, ctx = run.scenario, run.backbone, run.learner, run.ctx
     probe = torch.randn(3, backbone.embed_dim)
     seen: list[tuple[torch.Tensor, torch.Tensor]] = []
 

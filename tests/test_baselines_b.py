@@ -22,14 +22,13 @@ import pytest
 import torch
 
 import proteus
-from proteus.backbones import BACKBONES
 from proteus.config import validate
-from proteus.data import ScenarioOptions, build_scenario, stack
-from proteus.assemble import build_learner, load_data
+from proteus.data import stack
 from proteus.learners import Context
 from proteus.learners.inflora import design_down_projection, update_memory
 
-from conftest import TINY_NUM_TASKS, assert_matches_last_column, save_driven, tiny_config_dict
+from conftest import (TINY_NUM_TASKS, assembled, assert_matches_last_column, save_driven,
+                      tiny_config_dict)
 
 T = TINY_NUM_TASKS
 NAMES = ["o-lora", "inflora", "sd-lora"]
@@ -40,21 +39,16 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _scenario(raw: dict, manifest: Path | None = None):
-    config = validate(raw)
-    options = (ScenarioOptions(manifest=str(manifest)) if manifest
-               else ScenarioOptions.model_validate(config.scenario))
-    return config, build_scenario(load_data(config.data), options, seed=config.seed)
+    run = assembled(raw, manifest, backbone=False, learner=False)
+    return run.config, run.scenario
 
 
 def _drive(root: Path, name: str, learner: dict, tasks: int = T, after_task=None) -> dict:
     """Build the learner on the tiny config and learn ``tasks`` tasks, calling
     ``after_task(learner, k)`` after each; returns everything a test needs."""
     raw = tiny_config_dict(root, name=name, learner=learner)
-    config, scenario = _scenario(raw)
-    backbone = BACKBONES.build(config.backbone.name, config.backbone.options)
-    model = build_learner(config.learner, backbone, config.seed)
-    ctx = Context(backbone=backbone, seed=config.seed, batch_size=64, progress=False,
-                  num_tasks=len(scenario.tasks), frozen_scope=model.frozen_scope)
+    run = assembled(raw)
+    config, scenario, model, ctx = run.config, run.scenario, run.learner, run.ctx
     extras = []
     for task in scenario.tasks[:tasks]:
         extras.append(model.learn_task(task, ctx).extras)

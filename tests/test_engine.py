@@ -16,14 +16,12 @@ import pytest
 import yaml
 
 import proteus
-from proteus.backbones import BACKBONES
 from proteus.cli import main
 from proteus.config import validate
 from proteus.data import ScenarioOptions, build_scenario, stack
-from proteus.assemble import build_learner, load_data
-from proteus.learners import Context
+from proteus.assemble import load_data
 
-from conftest import TINY_NUM_CLASSES, TINY_NUM_TASKS, assert_matches_last_column
+from conftest import TINY_NUM_CLASSES, TINY_NUM_TASKS, assembled, assert_matches_last_column
 
 METRIC_KEYS = ("final_accuracy", "average_incremental_accuracy", "average_accuracy",
                "average_forgetting", "backward_transfer")
@@ -242,10 +240,9 @@ def test_cli_report_on_a_non_run_dir_exits_2(tmp_path, capsys):
 
 
 def _test_set(runs):
-    config = validate(runs["base_raw"])
-    options = ScenarioOptions(manifest=str(runs["base"] / "split_manifest.json"))
-    scenario = build_scenario(load_data(config.data), options, seed=config.seed)
-    return config, scenario
+    run = assembled(runs["base_raw"], runs["base"] / "split_manifest.json", backbone=False,
+                    learner=False)
+    return run.config, run.scenario
 
 
 def test_loaded_model_predicts_like_the_run(runs):
@@ -264,10 +261,8 @@ def test_loaded_model_predicts_like_the_run(runs):
     assert_matches_last_column(ids, scenario, acc)
 
     # and exactly the predictions of a freshly trained learner on the same split
-    backbone = BACKBONES.build(config.backbone.name, config.backbone.options)
-    learner = build_learner(config.learner, backbone, config.seed)
-    ctx = Context(backbone=backbone, seed=config.seed, batch_size=64, progress=False,
-                      frozen_scope=learner.frozen_scope)
+    fresh_run = assembled(runs["base_raw"], runs["base"] / "split_manifest.json")
+    learner, ctx = fresh_run.learner, fresh_run.ctx
     for task in scenario.tasks:
         learner.learn_task(task, ctx)
     fresh = learner.predict(test, ctx).classes

@@ -305,13 +305,15 @@ def text_model_dir(tmp_path_factory):
 def test_text_predict_from_strings_files_and_tables(text_model_dir, tmp_path, capsys):
     texts = ["alpha beta gamma", "delta epsilon", "zeta eta theta"]
     (tmp_path / "lines.txt").write_text("\n".join(texts) + "\n\n")
-    (tmp_path / "t.csv").write_text("id,body\n" + "".join(f"{i},{t}\n" for i, t in enumerate(texts)))
+    rows = "".join(f"{i},{t}\n" for i, t in enumerate(texts))
+    (tmp_path / "t.csv").write_text("id,body\n" + rows)
     (tmp_path / "t.jsonl").write_text("".join(json.dumps({"body": t}) + "\n" for t in texts))
     expected = load_model(text_model_dir, device="cpu").predict(texts)["class_names"]
     from_text = _predict_lines(capsys, text_model_dir, extra=[x for t in texts
                                                              for x in ("--text", t)])
     from_file = _predict_lines(capsys, text_model_dir, tmp_path / "lines.txt")
-    from_csv = _predict_lines(capsys, text_model_dir, tmp_path / "t.csv", extra=["--column", "body"])
+    from_csv = _predict_lines(capsys, text_model_dir, tmp_path / "t.csv",
+                              extra=["--column", "body"])
     from_jsonl = _predict_lines(capsys, text_model_dir, tmp_path / "t.jsonl",
                                 extra=["--column", "body"])
     for lines in (from_text, from_file, from_csv, from_jsonl):

@@ -14,13 +14,10 @@ import pytest
 import torch
 
 import proteus
-from proteus.backbones import BACKBONES
 from proteus.config import validate
-from proteus.data import ScenarioOptions, build_scenario, stack
-from proteus.assemble import build_learner, load_data
-from proteus.learners import Context
+from proteus.data import stack
 
-from conftest import TINY_NUM_TASKS, save_driven
+from conftest import TINY_NUM_TASKS, assembled, save_driven
 
 T = TINY_NUM_TASKS
 LEARNER = {"name": "proteus", "rank": 2, "epochs": 1, "proj_dim": 256, "batch_size": 16}
@@ -154,10 +151,8 @@ def test_ablations_run(runs, name):
 
 
 def _scenario(raw: dict, manifest: Path | None = None):
-    config = validate(raw)
-    options = (ScenarioOptions(manifest=str(manifest)) if manifest
-               else ScenarioOptions.model_validate(config.scenario))
-    return config, build_scenario(load_data(config.data), options, seed=config.seed)
+    run = assembled(raw, manifest, backbone=False, learner=False)
+    return run.config, run.scenario
 
 
 def test_loaded_model_predicts_like_the_run(runs):
@@ -186,11 +181,8 @@ def driven(tmp_path_factory, make_tiny_config):
     """A learner driven task by task, with task 0's embeddings recorded right after task 0."""
     root = tmp_path_factory.mktemp("driven")
     raw = make_tiny_config(root, name="driven", learner=LEARNER)
-    config, scenario = _scenario(raw)
-    backbone = BACKBONES.build(config.backbone.name, config.backbone.options)
-    learner = build_learner(config.learner, backbone, config.seed)
-    ctx = Context(backbone=backbone, seed=config.seed, batch_size=64, progress=False,
-                  frozen_scope=learner.frozen_scope)
+    run = assembled(raw)
+    config, scenario, learner, ctx = run.config, run.scenario, run.learner, run.ctx
     items = scenario.tasks[0].train.items
     learner.learn_task(scenario.tasks[0], ctx)
     after_task0 = learner._embed(items, 0, 64)

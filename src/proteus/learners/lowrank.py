@@ -290,7 +290,8 @@ class LoRABaseline(LowRankLearner):
             return [] if term is None else [term]
 
         self._fit(params, head, task.train.items, targets, prefix,
-                  derive_seed(self.seed, self.tasks_learned, "fit"), extra_loss=penalty, clip_head=True)
+                  derive_seed(self.seed, self.tasks_learned, "fit"), extra_loss=penalty,
+                  clip_head=True)
         W, b = head.weight, head.bias
         if current:  # other tasks' rows were outside the loss; keep them bit for bit
             others = torch.ones(len(self.head_b), dtype=torch.bool, device=device)

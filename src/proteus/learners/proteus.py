@@ -178,7 +178,8 @@ class Proteus(LowRankLearner):
             return terms
 
         self._fit(params, temp_head, task.train.items,
-                  np.searchsorted(classes, task.train.labels), prefix, derive_seed(self.seed, k, "fit"),
+                  np.searchsorted(classes, task.train.labels), prefix,
+                  derive_seed(self.seed, k, "fit"),
                   extra_loss=penalties)
         self.pool.end_task()  # the temporary head is discarded (section 5)
 
