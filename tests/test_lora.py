@@ -274,3 +274,38 @@ def test_non_pointwise_convolution_is_rejected(conv):
 def test_other_modules_are_rejected():
     with pytest.raises(TypeError, match="nn.Linear"):
         LowRankLayer(nn.LayerNorm(4), RANK, ALPHA, SCALE, 0.01)
+
+
+def test_mixed_batch_forward_equals_the_per_task_forward(vit_pool):
+    """A batch whose rows belong to different stored tasks, in one forward with per-sample
+    coefficient rows, gives each row its own task's output (the inference path of PROTEUS)."""
+    backbone, pool = vit_pool
+    gen = torch.Generator().manual_seed(3)
+    x = _inputs(seed=4, n=9)
+    per_task = {}
+    _learn(pool, backbone, 3, gen, x, per_task)
+    tasks = torch.tensor([2, 0, 1, 1, 0, 2, 2, 0, 1])
+    with pool.using(None):
+        pool.activate(tasks)
+        mixed = _out(backbone, x)
+    for i, k in enumerate(tasks.tolist()):
+        torch.testing.assert_close(mixed[i], per_task[k][i], rtol=1e-5, atol=1e-6)
+    assert not torch.allclose(per_task[0], per_task[2])  # the tasks really differ
+    with pytest.raises(IndexError, match="3 tasks learned"):
+        pool.activate(torch.tensor([0, 3]))
+
+
+@pytest.mark.parametrize("kind", ["linear", "conv1x1"])
+def test_mixed_rows_match_each_tasks_update(kind):
+    gen = torch.Generator().manual_seed(5)
+    base = nn.Linear(6, 4) if kind == "linear" else nn.Conv2d(6, 4, 1)
+    layer, _ = _three_task_layer(base, gen)
+    layer.end_task()
+    x = torch.randn(6, 6) if kind == "linear" else torch.randn(6, 6, 3, 3)
+    tasks = torch.tensor([0, 1, 2, 2, 1, 0])
+    with torch.no_grad():
+        layer.active = tasks
+        mixed = layer(x)
+        for i, k in enumerate(tasks.tolist()):
+            layer.active = k
+            torch.testing.assert_close(mixed[i], layer(x)[i], rtol=1e-5, atol=1e-6)

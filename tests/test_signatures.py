@@ -230,3 +230,12 @@ def test_lowrank_scores_are_finite_and_retrieve():
                                max_iter=50))
     assert all(c.basis.shape[1] == D - 1 for c in big.tasks)
     assert np.isfinite(big.scores(x)).all()
+
+
+def test_one_product_class_gaussian_scores_equal_the_per_task_loop(separated, test_points):
+    """``scores`` whitens once and scores every class of every task in one product; each
+    column equals the per-task likelihood (``task_scores``)."""
+    sig = separated["class-gaussian"]
+    x = test_points[0]
+    loop = np.stack([sig.task_scores(x, k) for k in range(len(sig.tasks))], 1)
+    np.testing.assert_allclose(sig.scores(x), loop, rtol=1e-9, atol=1e-8)

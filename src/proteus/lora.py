@@ -49,7 +49,8 @@ class LowRankLayer(nn.Module):
         self.A_new: nn.Parameter | None = None
         self.B_new: nn.Parameter | None = None
         self.w: nn.Parameter | None = None
-        self.active: int | str | None = None  # task index, "train", or None (frozen backbone)
+        # task index, "train", None (frozen backbone) or a per-sample task-index tensor
+        self.active: int | str | torch.Tensor | None = None
 
     # -- task life cycle ---------------------------------------------------------------------
     def begin_task(self, generator: torch.Generator | None = None) -> None:
@@ -88,10 +89,36 @@ class LowRankLayer(nn.Module):
         A, coef, B = self.factors(task)
         return self.scale * (B * coef) @ A
 
+    def task_coefficients(self) -> torch.Tensor:
+        """(T, P): row k holds stored task k's coefficient of every pool unit (zero beyond its
+        own units), so that update_k = scale * B_pool diag(row k) A_pool."""
+        pool = self.A_pool.shape[0]
+        rows = []
+        for k, (start, end) in enumerate(self.task_range):
+            w = self.task_w[k]
+            row = w.new_zeros(pool)
+            row[:start] = self.alpha * w
+            row[start:end] = 1.0
+            rows.append(row)
+        return torch.stack(rows) if rows else self.A_pool.new_zeros(0, pool)
+
+    def _mixed(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """Every sample with its own stored task's update (``active`` is a per-sample index
+        tensor), in one batched product: x A_pool^T, times each sample's coefficient row,
+        times B_pool^T (the gather that S-LoRA / Punica batch with their kernels)."""
+        coef = self.task_coefficients()[self.active.to(x.device)]  # (N, P)
+        if self.kind == "linear":
+            h = (x @ self.A_pool.T) * coef.view(coef.shape[0], *[1] * (x.ndim - 2), -1)
+            return y + self.scale * (h @ self.B_pool.T)
+        h = torch.einsum("nchw,pc->nphw", x, self.A_pool) * coef[:, :, None, None]
+        return y + self.scale * torch.einsum("nphw,op->nohw", h, self.B_pool)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         y = self.base(x)
         if self.active is None:
             return y
+        if isinstance(self.active, torch.Tensor):
+            return self._mixed(x, y)
         A, coef, B = self.factors(self.active)
         if A.shape[0] == 0:
             return y
@@ -151,8 +178,14 @@ class LowRankPool:
     def transfer_penalty(self) -> torch.Tensor:
         return sum(layer.transfer_penalty() for layer in self.layers.values())
 
-    def activate(self, task: int | str | None) -> None:
-        if isinstance(task, int) and not 0 <= task < self.num_tasks:
+    def activate(self, task: int | str | torch.Tensor | None) -> None:
+        """Task ``task``'s update, "train", None (frozen), or a per-sample tensor of stored task
+        indices (a mixed batch: row i with task ``task[i]``'s update)."""
+        if isinstance(task, torch.Tensor):
+            if task.numel() and not 0 <= int(task.min()) <= int(task.max()) < self.num_tasks:
+                raise IndexError(f"task indices {int(task.min())}..{int(task.max())}: "
+                                 f"{self.num_tasks} tasks learned")
+        elif isinstance(task, int) and not 0 <= task < self.num_tasks:
             raise IndexError(f"no stored task {task}; {self.num_tasks} tasks learned")
         for layer in self.layers.values():
             layer.active = task

@@ -157,6 +157,8 @@ class TaskSignatures:
         self.shrinkage_sum = 0.0
         self._shared: tuple[np.ndarray, float] | None = None
         self._shared_prec: np.ndarray | None = None
+        # class means of every task whitened by the shared precision, for one-product scoring
+        self._whitened: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None
 
     def prepare(self, x: np.ndarray) -> np.ndarray:
         x = np.asarray(x, dtype=np.float64)
@@ -183,7 +185,7 @@ class TaskSignatures:
         # Ledoit-Wolf shrinkage intensity of this task, averaged over tasks by sample count
         centred = x - means[assign]
         self.shrinkage_sum += ledoit_wolf_shrinkage(centred, assume_centered=True) * len(x)
-        self._shared = self._shared_prec = None
+        self._shared = self._shared_prec = self._whitened = None
         return Components(means=means, kind="shared", classes=classes, point_mean=means,
                           point_cov=covs)
 
@@ -258,7 +260,27 @@ class TaskSignatures:
 
     def scores(self, x: np.ndarray) -> np.ndarray:
         """(N, T) scores of every task, all in this signature space (frozen embeddings)."""
+        if self.tasks and all(c.kind == "shared" and c.basis is None for c in self.tasks):
+            return self._shared_scores(x)
         return np.stack([self.task_scores(x, k) for k in range(len(self.tasks))], 1)
+
+    def _shared_scores(self, x: np.ndarray) -> np.ndarray:
+        """Class-Gaussian retrieval in one pass: whiten the inputs once (x L), score them against
+        every class mean of every task with one matrix product, take each task's best class.
+        The log-determinant is shared by all classes, so it shifts every score alike."""
+        L, logdet = self.shared_precision()
+        if self._whitened is None:
+            means = np.concatenate([c.means for c in self.tasks]) @ L
+            owner = np.concatenate([np.full(len(c.means), k) for k, c in enumerate(self.tasks)])
+            self._whitened = (means, (means ** 2).sum(1), owner)
+        means, norms, owner = self._whitened
+        z = self.prepare(x) @ L
+        maha = (z ** 2).sum(1)[:, None] - 2 * z @ means.T + norms[None, :]
+        loglik = -0.5 * (maha + logdet + L.shape[0] * LOG_2PI)
+        out = np.full((len(x), len(self.tasks)), -np.inf)
+        for k in range(len(self.tasks)):  # T column maxima; the work above is one product
+            out[:, k] = loglik[:, owner == k].max(1)
+        return out
 
     def nbytes(self, task: int) -> int:
         """Bytes of task ``task``'s own components (what one more task adds)."""
@@ -318,7 +340,7 @@ class TaskSignatures:
         has_stats = f"{prefix}stats.count" in tensors
         self.stats = ClassStats.from_state(tensors, f"{prefix}stats.") if has_stats else None
         self.shrinkage_sum = float(meta["shrinkage_sum"])
-        self._shared = self._shared_prec = None
+        self._shared = self._shared_prec = self._whitened = None
         if f"{prefix}shared.prec_chol" in tensors:
             self._shared = (tensors[f"{prefix}shared.prec_chol"].numpy(),
                             float(meta["shared_logdet"]))

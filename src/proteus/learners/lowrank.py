@@ -85,16 +85,21 @@ class LowRankLearner(Learner):
                                                        self.start)
                               for b in self._batches(len(items), size)])
 
-    def _embed(self, items, task: int | str | None, size: int,
+    def _embed(self, items, task: int | str | np.ndarray | None, size: int,
                prefix: torch.Tensor | None = None, index: np.ndarray | None = None) -> np.ndarray:
         """Embeddings by task ``task``'s backbone h_task ("train": the units being trained;
-        None: the frozen backbone)."""
+        None: the frozen backbone; an array: sample ``index[i]`` by stored task ``task[i]``,
+        all in one batched forward)."""
         index = np.arange(len(items)) if index is None else index
+        per_sample = isinstance(task, np.ndarray)
         out = []
-        scope = self.pool.using(task) if self.pool else contextlib.nullcontext()
+        scope = (self.pool.using(None if per_sample else task) if self.pool
+                 else contextlib.nullcontext())
         with torch.inference_mode(), scope:
             for b in self._batches(len(index), size):
                 rows = index[b]
+                if per_sample:
+                    self.pool.activate(torch.as_tensor(task[b], dtype=torch.long))
                 if prefix is not None:
                     x = stage_take(prefix, rows)
                     out.append(self.backbone.run_stages(x, self.start))

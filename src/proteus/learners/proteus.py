@@ -29,6 +29,7 @@ import torch
 from pydantic import Field
 from torch import nn
 
+from ..backbones.base import stage_cat
 from ..data.base import LabeledData, take
 from ..data.scenario import Task
 from ..heads import RidgeHead
@@ -90,15 +91,25 @@ class Proteus(LowRankLearner):
                 if o.train_adapters else None)
 
     # -- signature features (frozen_scope, _batches, _prefix, _embed: LowRankLearner's) --
-    def _signature_features(self, data: LabeledData, ctx: Context) -> np.ndarray:
-        """Frozen features for the signatures: the embedding, plus pooled stage outputs."""
+    def _signature_features(self, data: LabeledData, ctx: Context, with_prefix: bool = False
+                            ) -> tuple[np.ndarray, torch.Tensor | None]:
+        """Frozen features for the signatures (the embedding, plus pooled stage outputs), and
+        with ``with_prefix`` the output of the frozen stages below the first adapted layer.
+
+        Features are cached by sample id for the run. Where none of ``data`` is cached (a
+        served request, a first evaluation), the prefix is captured during the same frozen pass,
+        so retrieval and classification share the frozen stages; otherwise only the stages below
+        the units run again for the prefix."""
         stages = self.options.signature_stages
         if stages is None:
             stages = self.backbone.default_signature_stages
         if not stages:
-            return ctx.features(data)
+            feats = ctx.features(data)
+            return feats, self._prefix(data.items, ctx.batch_size) if with_prefix else None
         cache = ctx.caches.setdefault("signature_features", {})  # by sample id, per run
         missing = [i for i, sid in enumerate(data.ids.tolist()) if sid not in cache]
+        capture = with_prefix and self.start > 0 and len(missing) == len(data)
+        captured = []
         if missing:
             index = np.asarray(missing)
             n_stages = len(self.backbone.stage_prefixes())
@@ -107,6 +118,8 @@ class Proteus(LowRankLearner):
                     rows = index[b]
                     x, parts = self.backbone.preprocess(take(data.items, rows)), []
                     for stage in range(n_stages):
+                        if capture and stage == self.start:
+                            captured.append(x)
                         x = self.backbone.run_stages(x, stage, stage + 1)
                         if stage in stages:
                             parts.append(self.backbone.pool_stage(x))
@@ -114,7 +127,12 @@ class Proteus(LowRankLearner):
                     feats = torch.cat([nn.functional.normalize(p.float(), dim=1) for p in parts], 1)
                     for i, row in zip(rows, feats.cpu().numpy()):
                         cache[int(data.ids[i])] = row
-        return np.stack([cache[int(sid)] for sid in data.ids])
+        feats = np.stack([cache[int(sid)] for sid in data.ids])
+        if not with_prefix:
+            return feats, None
+        if capture:
+            return feats, stage_cat(captured) if captured else None
+        return feats, self._prefix(data.items, ctx.batch_size)
 
     # -- learning ------------------------------------------------------------------------
     def learn_task(self, task: Task, ctx: Context) -> TaskOutcome:
@@ -122,7 +140,13 @@ class Proteus(LowRankLearner):
         k = self.tasks_learned
         items = task.train.items
         t0 = time.perf_counter()
-        prefix = self._prefix(items, ctx.batch_size)
+        sig_x = None
+        if o.signature_space == "frozen":  # one frozen pass: signature features and prefix
+            sig_x, prefix = self._signature_features(task.train, ctx, with_prefix=True)
+        else:
+            prefix = self._prefix(items, ctx.batch_size)
+        timing["frozen_pass_s"] = time.perf_counter() - t0
+        t0 = time.perf_counter()
         if self.pool is not None:
             self._train_units(task, prefix, ctx)
         timing["train_units_s"] = time.perf_counter() - t0
@@ -138,11 +162,7 @@ class Proteus(LowRankLearner):
 
         t0 = time.perf_counter()
         adapted = self._embed(items, k if self.pool else None, ctx.batch_size, prefix)
-        if o.signature_space == "frozen":
-            sig_x = self._signature_features(task.train, ctx)
-        else:
-            sig_x = adapted
-        self.signatures.add_task(sig_x, task.train.labels)
+        self.signatures.add_task(adapted if sig_x is None else sig_x, task.train.labels)
         timing["signature_s"] = time.perf_counter() - t0
 
         t0 = time.perf_counter()
@@ -185,14 +205,17 @@ class Proteus(LowRankLearner):
 
     # -- prediction ----------------------------------------------------------------------
     def infer_tasks(self, data: LabeledData, ctx: Context,
-                    prefix: torch.Tensor | None = None) -> np.ndarray:
+                    prefix: torch.Tensor | None = None,
+                    features: np.ndarray | None = None) -> np.ndarray:
         o, n_tasks = self.options, self.tasks_learned
         if o.retrieval == "oracle":
             return self.class_task[data.labels]
         if o.retrieval == "none":
             return np.full(len(data), n_tasks - 1)
         if o.signature_space == "frozen":
-            scores = self.signatures.scores(self._signature_features(data, ctx))
+            if features is None:
+                features, _ = self._signature_features(data, ctx)
+            scores = self.signatures.scores(features)
         else:
             scores = np.stack([self.signatures.task_scores(
                 self._embed(data.items, k, ctx.batch_size, prefix), k) for k in range(n_tasks)], 1)
@@ -202,8 +225,15 @@ class Proteus(LowRankLearner):
         return retrieve(scores, "sample")
 
     def predict(self, data: LabeledData, ctx: Context) -> Prediction:
-        prefix = self._prefix(data.items, ctx.batch_size)
-        tasks = self.infer_tasks(data, ctx, prefix)
+        """Retrieve each sample's task, then classify it with that task's backbone: the frozen
+        stages run once and serve both; the adapted stages run once per sample, every sample
+        with its own task's units in one batched forward."""
+        features, prefix = None, None
+        if self.options.signature_space == "frozen":
+            features, prefix = self._signature_features(data, ctx, with_prefix=True)
+        else:
+            prefix = self._prefix(data.items, ctx.batch_size)
+        tasks = self.infer_tasks(data, ctx, prefix, features)
         classes, scores = self._classify(data, ctx, tasks, prefix)
         return Prediction(classes=classes, tasks=tasks, scores=scores)
 
@@ -220,24 +250,25 @@ class Proteus(LowRankLearner):
         """Class of each sample by the backbone and (restricted) head of its task ``tasks[i]``,
         and that class's ridge logit."""
         restrict = self.options.restrict_to_task if restrict is None else restrict
-        classes = np.zeros(len(data), dtype=np.int64)
-        scores = np.zeros(len(data), dtype=np.float64)
-        for k in np.unique(tasks):
-            rows = np.flatnonzero(tasks == k)
-            if self.pool is not None and self.options.merge_for_inference:
+        tasks = np.asarray(tasks, dtype=np.int64)
+        if self.pool is None:
+            h = self._embed(data.items, None, ctx.batch_size, prefix)
+        elif self.options.merge_for_inference:
+            h = np.zeros((len(data), self.backbone.embed_dim), dtype=np.float32)
+            for k in np.unique(tasks):  # one dense model per retrieved task
+                rows = np.flatnonzero(tasks == k)
                 with self.pool.merged(int(k)):
-                    h = self._embed(data.items, None, ctx.batch_size, prefix, rows)
-            else:
-                h = self._embed(data.items, int(k) if self.pool else None, ctx.batch_size,
-                                prefix, rows)
-            logits = self.head.logits(h)
-            if restrict:
-                mask = np.full(logits.shape[1], -np.inf)
-                mask[self.task_classes[k]] = 0.0
-                logits = logits + mask
-            classes[rows] = logits.argmax(1)
-            scores[rows] = logits[np.arange(len(rows)), classes[rows]]
-        return classes, scores
+                    h[rows] = self._embed(data.items, None, ctx.batch_size, prefix, rows)
+        else:
+            h = self._embed(data.items, tasks, ctx.batch_size, prefix)  # a mixed batch
+        logits = self.head.logits(h)
+        if restrict:
+            allowed = np.zeros((self.tasks_learned, logits.shape[1]), dtype=bool)
+            for k, cls in enumerate(self.task_classes):
+                allowed[k, cls] = True
+            logits = np.where(allowed[tasks], logits, -np.inf)
+        classes = logits.argmax(1).astype(np.int64)
+        return classes, logits[np.arange(len(data)), classes]
 
     # -- state ---------------------------------------------------------------------------
     def state(self):
