@@ -7,6 +7,8 @@ Registering a learner gets it tested here: the list comes from the registry.
 
 from __future__ import annotations
 
+import fnmatch
+
 import numpy as np
 import pytest
 import torch
@@ -71,6 +73,10 @@ def test_learner_round_trips_and_grows_after_loading(tmp_path, one_thread, name)
         np.testing.assert_array_equal(grown[1], never_saved[1])
     a, b = _state(run.learner), _state(model.learner)
     assert sorted(a) == sorted(b)
+    compact = tuple(run.learner.compact_keys)
     for key in a:
-        torch.testing.assert_close(b[key].cpu(), a[key].cpu(), rtol=1e-6, atol=1e-8,
+        # a compact model keeps some float64 statistics as float32: equal to float32 precision
+        loose = any(fnmatch.fnmatchcase(key, p) for p in compact)
+        torch.testing.assert_close(b[key].cpu(), a[key].cpu(), rtol=1e-4 if loose else 1e-6,
+                                   atol=1e-6 if loose else 1e-8,
                                    msg=lambda m, key=key: f"{key}: {m}")

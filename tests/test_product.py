@@ -331,3 +331,35 @@ def test_text_predict_bad_inputs(text_model_dir, tmp_path, capsys):
         capsys.readouterr()
         assert main(["predict", str(text_model_dir), *args, "--quiet", "--device", "cpu"]) == 2
         assert message in capsys.readouterr().err
+
+
+@pytest.mark.assets
+def test_compact_model_predicts_like_the_exact_one_on_the_demo_preset(tmp_path):
+    """The demo preset (real EfficientNet-Lite0, Fashion-MNIST + MNIST, PROTEUS defaults), cut
+    to fewer images per class for test time: the compact model (float32 statistics) retrieves
+    the same task and predicts the same class for every test image as the exact one."""
+    from proteus.assemble import assemble
+    from proteus.config import load_config
+    from proteus.data import stack
+    from proteus.engine import save_spec
+    from proteus.storage import save_model
+
+    config = load_config(Path(__file__).resolve().parents[1]
+                         / "configs/offline/vision-fmnist-mnist.yaml",
+                         ["progress=false", "device=cpu", "scenario.train_per_class=30",
+                          "scenario.test_per_class=20", "learner.epochs=1"])
+    parts = assemble(config)
+    for task in parts.scenario.tasks:
+        parts.learner.learn_task(task, parts.ctx)
+    test = stack([t.test for t in parts.scenario.tasks])
+    for name, compact in (("exact", False), ("compact", True)):
+        save_model(tmp_path / name, learner=parts.learner, spec=save_spec(parts), fresh=True,
+                   compact=compact)
+    exact = load_model(tmp_path / "exact", device="cpu").predict(test.items)
+    small = load_model(tmp_path / "compact", device="cpu")
+    compact_out = small.predict(test.items)
+    np.testing.assert_array_equal(compact_out["class_ids"], exact["class_ids"])
+    np.testing.assert_array_equal(compact_out["task_ids"], exact["task_ids"])
+    sizes = {n: load_model(tmp_path / n, device="cpu").info()["bytes"]["version"]
+             for n in ("exact", "compact")}
+    assert sizes["compact"] < 0.6 * sizes["exact"]

@@ -239,3 +239,19 @@ def test_one_product_class_gaussian_scores_equal_the_per_task_loop(separated, te
     x = test_points[0]
     loop = np.stack([sig.task_scores(x, k) for k in range(len(sig.tasks))], 1)
     np.testing.assert_allclose(sig.scores(x), loop, rtol=1e-9, atol=1e-8)
+
+
+def test_shared_certificate_equals_the_general_formula(separated):
+    """With one shared precision the certificate whitens means instead of forming P; its deltas
+    equal the general per-cluster formula tr(P C) + (m - mu)^T P (m - mu)."""
+    from proteus.signatures import _cluster_params, _separations
+
+    sig = separated["class-gaussian"]
+    fast = certificate(sig)["clusters"]
+    comps = [_cluster_params(sig, k) for k in range(len(sig.tasks))]
+    for entry in fast:
+        t, s = entry["task"], entry["cluster"]
+        comp = sig.tasks[t]
+        deltas, kappas = _separations(comps, t, s, comp.point_mean[s], comp.point_cov[s])
+        assert entry["delta"] == pytest.approx(min(deltas), rel=1e-9)
+        assert entry["kappa"] == pytest.approx(min(kappas), abs=1e-12)

@@ -151,7 +151,7 @@ def _checkpoint(parts: Run, tracker: AccuracyTracker, state: dict, next_task: in
     run_state = {"next_task": next_task, "config": parts.config.resolved(),
                  "tracker": tracker.state(), **state}
     save_model(parts.run_dir / CHECKPOINT, learner=parts.learner, spec=save_spec(parts),
-               fresh=True, keep=1, session=True, run_state=run_state,
+               fresh=True, keep=1, session=True, run_state=run_state, compact=False,
                note=f"checkpoint after task {next_task - 1}")
 
 

@@ -87,19 +87,24 @@ class ClassStats:
 
     # -- saving ----------------------------------------------------------------------------
     def state(self, prefix: str) -> dict[str, torch.Tensor]:
+        """Counts, sums and the *within-class scatter* (not the raw second moment): the scatter
+        is the quantity that matters and survives a float32 copy, whereas recovering it from a
+        rounded second moment would cancel most of its digits."""
         tensors = {f"{prefix}count": torch.from_numpy(self.count.copy()),
                    f"{prefix}sum": torch.from_numpy(self.sum.copy())}
         if self.second is not None:
-            tensors[f"{prefix}second"] = torch.from_numpy(self.second.copy())
+            tensors[f"{prefix}scatter"] = torch.from_numpy(self.within_scatter())
         return tensors
 
     @classmethod
     def from_state(cls, tensors: dict[str, torch.Tensor], prefix: str) -> "ClassStats":
         count = tensors[f"{prefix}count"].numpy().astype(np.float64)
         total = tensors[f"{prefix}sum"].numpy().astype(np.float64)
-        second = tensors.get(f"{prefix}second")
-        out = cls(total.shape[1], len(count), second_moment=second is not None)
+        scatter = tensors.get(f"{prefix}scatter")
+        out = cls(total.shape[1], len(count), second_moment=scatter is not None)
         out.count, out.sum = count, total
-        if second is not None:
-            out.second = second.numpy().astype(np.float64)
+        if scatter is not None:
+            seen = count > 0
+            out.second = (scatter.numpy().astype(np.float64)
+                          + total[seen].T @ (total[seen] / count[seen, None]))
         return out

@@ -143,14 +143,18 @@ def split_tensors(learner, tensors: dict[str, torch.Tensor]
 
 def save_model(path: str | Path, *, learner, spec: SaveSpec, fresh: bool = False,
                keep: int = DEFAULT_KEEP, session: bool = False, serve_only: bool = False,
-               run_state: dict | None = None, note: str = "", hold_lock: bool = True) -> str:
+               run_state: dict | None = None, note: str = "", hold_lock: bool = True,
+               compact: bool = True) -> str:
     """Write the learner as a new version of the model at ``path``; returns the version name.
 
     ``fresh`` starts a new history (a run's final model); otherwise the version is appended to
     the directory's history (``proteus learn``). ``session`` adds the learner's session state
     and ``run_state`` (checkpoints); ``serve_only`` leaves the growth statistics out.
     ``hold_lock`` False: the caller holds the directory's lock already (``proteus learn`` holds
-    it from loading to saving).
+    it from loading to saving). ``compact`` stores the float64 tensors the learner names in
+    ``compact_keys`` as float32 (read back as float64): half the bytes, the same predictions
+    (tests/test_conformance.py); checkpoints are written exact (``compact=False``) so that a
+    resumed run equals an uninterrupted one bit for bit.
     """
     path = Path(path)
     tensors, meta = learner.state()
@@ -160,6 +164,15 @@ def save_model(path: str | Path, *, learner, spec: SaveSpec, fresh: bool = False
     if session:
         session_tensors, session_meta = learner.session_state()
         files[SESSION] = session_tensors
+    # only where the learner says float32 keeps its predictions (InfLoRA's memory bases, say,
+    # would not: an eigenvector's sign can flip on a rounding)
+    compactable = tuple(getattr(learner, "compact_keys", ())) if compact else ()
+    narrowed = sorted(k for part in files.values() for k, v in part.items()
+                      if v.dtype == torch.float64
+                      and any(fnmatch.fnmatchcase(k, p) for p in compactable))
+    if narrowed:
+        files = {name: {k: v.float() if k in narrowed else v for k, v in part.items()}
+                 for name, part in files.items()}
     path.mkdir(parents=True, exist_ok=True)
     with (locked(path) if hold_lock else contextlib.nullcontext()):
         manifest = _read_top(path) if (path / MANIFEST).exists() and not fresh else None
@@ -184,6 +197,7 @@ def save_model(path: str | Path, *, learner, spec: SaveSpec, fresh: bool = False
                 "learner": spec.learner_config,
                 "class_names": spec.class_names, "class_order": spec.class_order,
                 "learner_state": meta, "files": described, "serve_only": serve_only,
+                "stored_float32": narrowed,  # float64 tensors kept as float32 (compact)
                 **({"session_state": session_meta} if session else {}),
                 **({"run_state": run_state} if run_state is not None else {}),
                 **(spec.extra or {}),
@@ -297,6 +311,9 @@ def read_tensors(manifest: dict, parts: tuple[str, ...] = (SERVE, GROW), verify:
             out.update(load_file(file))
         except Exception as exc:  # safetensors raises its own error types
             raise ModelDirError(f"{file}: cannot read tensors: {exc}") from None
+    for key in manifest.get("stored_float32", []):  # compact storage: back to the learner's dtype
+        if key in out:
+            out[key] = out[key].double()
     return out
 
 

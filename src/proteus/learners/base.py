@@ -106,6 +106,9 @@ class Learner(ABC):
     #: patterns (fnmatch) of the state tensors that only learning more needs, not predicting;
     #: a model directory stores them apart (``grow.safetensors``) so serving can leave them out
     grow_keys: ClassVar[tuple[str, ...]] = ()
+    #: patterns of float64 state tensors that a compact model stores as float32 with the same
+    #: predictions (sums and Gram matrices, not bases whose eigenvectors a rounding may flip)
+    compact_keys: ClassVar[tuple[str, ...]] = ()
 
     def __init__(self, options: Options, backbone: Backbone, seed: int = 0):
         self.options = options

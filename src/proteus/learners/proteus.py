@@ -76,6 +76,7 @@ class Proteus(LowRankLearner):
     options_model = ProteusOptions
     capabilities = Capabilities(infers_task=True)
     grow_keys = ("head.G", "head.Q", "sig.stats.*")
+    compact_keys = ("head.*", "sig.*")
 
     def __init__(self, options: ProteusOptions, backbone, seed: int = 0):
         super().__init__(options, backbone, seed)

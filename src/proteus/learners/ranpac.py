@@ -40,6 +40,7 @@ class RanPACOptions(Options):
 class RanPAC(Learner):
     options_model = RanPACOptions
     grow_keys = ("head.G", "head.Q")
+    compact_keys = ("head.*",)
 
     def __init__(self, options: RanPACOptions, backbone, seed: int = 0):
         super().__init__(options, backbone, seed)

@@ -1,0 +1,243 @@
+"""Performance of PROTEUS against plain passes, measured in one process on the same inputs.
+
+    python benchmarks/perf.py                       # T = 1 2 5 10 20, writes docs/performance.*
+    python benchmarks/perf.py --tasks 1 10 50 --out /tmp/perf.json --no-doc
+
+On the vision preset's backbone (EfficientNet-Lite0 at 64 px, the preset's low-rank targets,
+rank, head width and signature features) a PROTEUS model learns T synthetic tasks of 2 classes
+(the ``synthetic`` reader at 64 px: the cost of a pass does not depend on what the images show,
+and synthetic data gives any number of tasks). After each T in ``--tasks`` it measures:
+
+* predict with retrieval on ``--n`` images (a fresh context: nothing cached) / one plain
+  EfficientNet-Lite0 pass over the same images (a separately built backbone without units);
+* a PROTEUS training step (pool of T-1 tasks, transfer weights, penalties) / a single-LoRA step
+  (seq-lora's units on the same targets and rank), each the median over the task's steps;
+* signature bytes per task, the model directory's serving and growth parts, peak RSS, and on
+  CUDA the peak GPU memory.
+
+Every time is the median of ``--repeats`` interleaved runs; ratios are of medians taken in this
+one process. Results go to JSON, and (unless ``--no-doc``) to ``docs/performance.md``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+from rich.console import Console  # noqa: E402
+from rich.table import Table  # noqa: E402
+
+from proteus.assemble import assemble, build_backbone, build_learner, make_context  # noqa: E402
+from proteus.backbones import embed  # noqa: E402
+from proteus.config import Component, load_config  # noqa: E402
+from proteus.data import DATASETS, LabeledData  # noqa: E402
+from proteus.learners import LEARNERS  # noqa: E402
+from proteus.storage import GROW, SERVE, read_manifest, save_model  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+PRESET = ROOT / "configs/offline/vision-fmnist-mnist.yaml"
+
+
+def _median_time(fn, repeats: int) -> float:
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
+class StepTimer:
+    """Wraps a learner's ``_fit`` to time each optimiser step (via its loss closure's calls)."""
+
+    def __init__(self, learner):
+        self.learner, self.steps = learner, []
+        real = learner._fit
+
+        def timed(params, head, items, targets, prefix, seed, extra_loss=None, **kw):
+            last = [time.perf_counter()]
+
+            def extra():
+                now = time.perf_counter()
+                self.steps.append(now - last[0])
+                last[0] = now
+                return list(extra_loss()) if extra_loss else []
+
+            return real(params, head, items, targets, prefix, seed, extra_loss=extra, **kw)
+
+        learner._fit = timed
+
+    def take(self) -> float:
+        steps, self.steps = self.steps, []
+        return statistics.median(steps) if steps else float("nan")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--tasks", type=int, nargs="+", default=[1, 2, 5, 10, 20])
+    parser.add_argument("--n", type=int, default=1000, help="images to predict")
+    parser.add_argument("--per-class", type=int, default=40, help="training images per class")
+    parser.add_argument("--epochs", type=int, default=1)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--seed", type=int, default=1993)
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--out", type=Path, default=ROOT / "docs/performance.json")
+    parser.add_argument("--no-doc", action="store_true", help="do not write docs/performance.md")
+    args = parser.parse_args(argv)
+    console = Console()
+    T = max(args.tasks)
+    torch.manual_seed(args.seed)
+
+    # the preset's backbone and PROTEUS options, on synthetic 64 px tasks of 2 classes
+    config = load_config(PRESET, [
+        f"seed={args.seed}", "progress=false", f"device={args.device}",
+        f"data=[{{name: synthetic, num_classes: {2 * T}, samples_per_class: "
+        f"{args.per_class + 10}, image_size: 64, noise: 0.3, seed: 1}}]",
+        f"scenario={{num_tasks: {T}, train_per_class: {args.per_class}}}",
+        f"learner.epochs={args.epochs}"])
+    run = assemble(config)
+    learner, ctx = run.learner, run.ctx
+    device = run.device
+    plain, _ = build_backbone(config.backbone, device)
+    probe = DATASETS.build("synthetic", {"num_classes": 4, "samples_per_class": args.n // 4 + 1,
+                                         "image_size": 64, "noise": 0.3, "seed": 7})
+    images = probe.items[: args.n]
+    ids = -1 - np.arange(len(images))
+    # a single LoRA on the same targets, rank and recipe: seq-lora with PROTEUS's unit options
+    shared = LEARNERS.get("seq-lora").options.model_fields
+    single_options = {k: v for k, v in config.learner.options.items() if k in shared}
+    single = build_learner(Component.of(LEARNERS, {"name": "seq-lora", **single_options},
+                                        "learner"),
+                           build_backbone(config.backbone, device)[0], config.seed)
+    single_ctx = make_context(single, seed=config.seed, batch_size=config.eval.batch_size,
+                              progress=False)
+    proteus_steps, single_steps = StepTimer(learner), StepTimer(single)
+
+    rows, learn_s = [], []
+    for task in run.scenario.tasks:
+        t0 = time.perf_counter()
+        outcome = learner.learn_task(task, ctx)
+        learn_s.append(time.perf_counter() - t0)
+        step = proteus_steps.take()
+        single.learn_task(task, single_ctx)
+        lora_step = single_steps.take()
+        k = task.index + 1
+        if k not in args.tasks:
+            continue
+        data = LabeledData(images, np.zeros(len(images), np.int64),
+                           run.scenario.class_names, "image", ids=ids)
+
+        def predict():
+            learner.predict(data, make_context(learner, seed=config.seed,
+                                               batch_size=config.eval.batch_size,
+                                               progress=False))
+
+        def plain_pass():
+            embed(plain, images, config.eval.batch_size, progress=False)
+
+        if device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats()
+        predict(), plain_pass()  # warm-up: lazy caches (whitened means), thread pools
+        predict_s, plain_s = [], []
+        for _ in range(args.repeats):  # interleaved, so load on the machine hits both alike
+            predict_s.append(_median_time(predict, 1))
+            plain_s.append(_median_time(plain_pass, 1))
+        with tempfile.TemporaryDirectory() as tmp:
+            save_model(Path(tmp) / "m", learner=learner, spec=_spec(run), fresh=True)
+            files = read_manifest(Path(tmp) / "m")["files"]
+        row = {
+            "tasks": k,
+            "predict_s": statistics.median(predict_s), "plain_pass_s": statistics.median(plain_s),
+            "predict_over_plain": statistics.median(predict_s) / statistics.median(plain_s),
+            "per_sample_predict_ms": 1000 * statistics.median(predict_s) / len(images),
+            "train_step_ms": 1000 * step, "single_lora_step_ms": 1000 * lora_step,
+            "train_step_over_single_lora": step / lora_step,
+            "learn_task_s": learn_s[-1],
+            "signature_bytes_per_task": int(outcome.extras["signature_bytes"]),
+            "signature_shared_bytes": int(outcome.extras["signature_shared_bytes"]),
+            "serve_bytes": files[SERVE]["bytes"], "grow_bytes": files[GROW]["bytes"],
+            "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        }
+        if device.type == "cuda":
+            row["peak_gpu_mb"] = torch.cuda.max_memory_allocated() / 2**20
+        rows.append(row)
+        console.print(f"T={k}: predict/plain {row['predict_over_plain']:.2f}x, "
+                      f"step/single-LoRA {row['train_step_over_single_lora']:.2f}x")
+
+    result = {"command": "python benchmarks/perf.py " + " ".join(argv or sys.argv[1:]),
+              "device": str(device), "threads": torch.get_num_threads(),
+              "n_images": len(images), "repeats": args.repeats, "epochs": args.epochs,
+              "per_class": args.per_class, "learner": config.learner.resolved(),
+              "backbone": config.backbone.resolved(), "rows": rows,
+              "learn_s_per_task": learn_s}
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(result, indent=1) + "\n")
+    console.print(table(result))
+    if not args.no_doc:
+        (ROOT / "docs/performance.md").write_text(render(result))
+    return 0
+
+
+def _spec(run):
+    from proteus.engine import save_spec
+
+    return save_spec(run)
+
+
+COLUMNS = [("tasks", "T", "{:d}"), ("predict_over_plain", "predict / plain pass", "{:.2f}x"),
+           ("per_sample_predict_ms", "predict ms/image", "{:.2f}"),
+           ("train_step_over_single_lora", "train step / single LoRA", "{:.2f}x"),
+           ("learn_task_s", "learn task s", "{:.1f}"),
+           ("signature_bytes_per_task", "signature B/task", "{:,}"),
+           ("serve_bytes", "serve MB", "{:.1f}"), ("grow_bytes", "grow MB", "{:.1f}"),
+           ("peak_rss_mb", "peak RSS MB", "{:.0f}")]
+
+
+def _cell(key: str, fmt: str, row: dict) -> str:
+    value = row.get(key)
+    if value is None:
+        return "—"
+    if key in ("serve_bytes", "grow_bytes"):
+        value = value / 1e6
+    return fmt.format(value)
+
+
+def table(result: dict) -> Table:
+    out = Table(title=f"PROTEUS performance ({result['device']}, {result['n_images']} images)")
+    for _, title, _ in COLUMNS:
+        out.add_column(title, justify="right")
+    for row in result["rows"]:
+        out.add_row(*(_cell(k, f, row) for k, _, f in COLUMNS))
+    return out
+
+
+def render(result: dict) -> str:
+    lines = ["# Performance", "",
+             "Generated by `benchmarks/perf.py` from `docs/performance.json`; do not edit by hand.",
+             "", f"Command: `{result['command']}` (device {result['device']}, "
+             f"{result['threads']} threads, median of {result['repeats']} interleaved runs, "
+             f"{result['n_images']} images at 64 px).", "",
+             "| " + " | ".join(t for _, t, _ in COLUMNS) + " |",
+             "|" + "---|" * len(COLUMNS)]
+    for row in result["rows"]:
+        lines.append("| " + " | ".join(_cell(k, f, row) for k, _, f in COLUMNS) + " |")
+    learn = result["learn_s_per_task"]
+    lines += ["", f"Learn time per task over the {len(learn)}-task sequence (s): "
+              + ", ".join(f"{v:.1f}" for v in learn) + ".", ""]
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
