@@ -31,6 +31,10 @@ from ..seeding import derive_seed, generator
 from .base import Context, Learner, TaskOutcome
 
 
+#: largest per-sample frozen-stage output a run keeps for later evaluations
+PREFIX_KEEP_BYTES = 64 * 1024
+
+
 class LowRankOptions(Options):
     """The low-rank units and training options every low-rank learner shares (PROTEUS's names
     and defaults)."""
@@ -84,6 +88,29 @@ class LowRankLearner(Learner):
             return stage_cat([self.backbone.run_stages(self.backbone.preprocess(items[b]), 0,
                                                        self.start)
                               for b in self._batches(len(items), size)])
+
+    def _cached_prefix(self, data: LabeledData, ctx: Context,
+                       new: torch.Tensor | None = None) -> torch.Tensor | None:
+        """:meth:`_prefix` of ``data``, kept per sample id for the run where it is small (a CNN's
+        low-resolution map: EfficientNet-Lite0 at 64 px keeps 5 KB a sample; a ViT's token
+        sequence is not kept), so that every evaluation after the first runs only the adapted
+        stages. ``new``: the prefix of all of ``data``, already computed (stored, returned)."""
+        if self.start == 0:
+            return None
+        cache = ctx.caches.setdefault("prefix", {})
+        ids = data.ids.tolist()
+        missing = [i for i, sid in enumerate(ids) if sid not in cache]
+        if new is None and missing:
+            part = self._prefix(take(data.items, np.asarray(missing)), ctx.batch_size)
+        else:
+            part, missing = (new, list(range(len(ids)))) if new is not None else (None, [])
+        if part is not None:
+            if isinstance(part, dict) or part[0].numel() * part.element_size() > PREFIX_KEEP_BYTES:
+                return part if len(missing) == len(ids) else self._prefix(data.items,
+                                                                           ctx.batch_size)
+            for j, i in enumerate(missing):
+                cache[ids[i]] = part[j]
+        return torch.stack([cache[sid] for sid in ids])
 
     def _embed(self, items, task: int | str | np.ndarray | None, size: int,
                prefix: torch.Tensor | None = None, index: np.ndarray | None = None) -> np.ndarray:

@@ -132,8 +132,9 @@ class Proteus(LowRankLearner):
         if not with_prefix:
             return feats, None
         if capture:
-            return feats, stage_cat(captured) if captured else None
-        return feats, self._prefix(data.items, ctx.batch_size)
+            return feats, (self._cached_prefix(data, ctx, stage_cat(captured)) if captured
+                           else None)
+        return feats, self._cached_prefix(data, ctx)
 
     # -- learning ------------------------------------------------------------------------
     def learn_task(self, task: Task, ctx: Context) -> TaskOutcome:
@@ -242,8 +243,7 @@ class Proteus(LowRankLearner):
         """Task k's backbone and the ridge logits restricted to task k's classes (the head's
         task-incremental answer, whatever ``restrict_to_task`` says)."""
         tasks = np.asarray(tasks, dtype=np.int64)
-        return self._classify(data, ctx, tasks, self._prefix(data.items, ctx.batch_size),
-                              restrict=True)[0]
+        return self._classify(data, ctx, tasks, self._cached_prefix(data, ctx), restrict=True)[0]
 
     def _classify(self, data: LabeledData, ctx: Context, tasks: np.ndarray,
                   prefix: torch.Tensor | None, restrict: bool | None = None
