@@ -138,3 +138,15 @@ def tiny_bert(folder: Path) -> Path:
                                      max_position_embeddings=64))
     model.save_pretrained(folder)
     return folder
+
+
+def tiny_text_config_dict(output_dir: str | Path, bert: Path, name: str = "txt",
+                          **changes: Any) -> dict[str, Any]:
+    """A raw text run config: 4 synthetic text classes in 2 tasks on a :func:`tiny_bert`."""
+    return tiny_config_dict(
+        output_dir, name=name, checkpoint=False,
+        data=[{"name": "synthetic", "modality": "text", "num_classes": 4,
+               "samples_per_class": 20, "noise": 0.1, "seed": 1}],
+        scenario={"num_tasks": 2},
+        backbone={"name": "hf-text", "model": str(bert), "local_files_only": True,
+                  "max_length": 32}, **changes)

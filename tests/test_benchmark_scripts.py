@@ -68,3 +68,23 @@ def test_head_diagnostic_splits_class_il_from_task_il(tmp_path, monkeypatch, cap
     with pytest.raises(SystemExit):
         diagnose.main([str(path)])
     assert "no scores over all classes" in capsys.readouterr().err
+
+
+def test_perf_targets_and_rendering_come_from_the_rows():
+    perf = _load("perf")
+    row = {"predict_over_plain": 1.4, "per_sample_predict_ms": 2.0, "train_step_ms": 3.0,
+           "single_lora_step_ms": 2.0, "train_step_over_single_lora": 1.5, "learn_task_s": 1.0,
+           "signature_bytes_per_task": 10, "serve_bytes": 20e6, "grow_bytes": 30e6,
+           "peak_rss_mb": 900.0, "predict_s": 1.0, "plain_pass_s": 0.7}
+    result = {"command": "python benchmarks/perf.py", "device": "cpu", "threads": 2,
+              "n_images": 10, "repeats": 3, "rows": [{**row, "tasks": 1},
+                                                    {**row, "tasks": 10,
+                                                     "per_sample_predict_ms": 3.0}],
+              "learn_s_per_task": [1.0] * 10}
+    judged = {name.split(" <=")[0]: ok for name, _, ok in perf.targets(result)}
+    assert judged == {"predict / plain pass": True,
+                      "flat in T: per-image predict time, T = 10 / T = 1": False,
+                      "serving part": False, "growth part": True,
+                      "peak RSS": True}
+    text = perf.render(result)
+    assert "| 10 | 1.40x | 3.00 |" in text and "| growth part <= 40 MB | 30.0 MB | yes |" in text

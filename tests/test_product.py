@@ -287,17 +287,11 @@ def test_model_version_holds_json_and_safetensors_only(model_dir):
 # -- a text model ---------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def text_model_dir(tmp_path_factory):
-    from conftest import tiny_bert
+    from conftest import tiny_bert, tiny_text_config_dict
 
     root = tmp_path_factory.mktemp("product_text")
     bert = tiny_bert(root / "bert")
-    raw = tiny_config_dict(
-        root / "runs", name="txt", checkpoint=False,
-        data=[{"name": "synthetic", "modality": "text", "num_classes": 4,
-               "samples_per_class": 20, "noise": 0.1, "seed": 1}],
-        scenario={"num_tasks": 2},
-        backbone={"name": "hf-text", "model": str(bert), "local_files_only": True,
-                  "max_length": 32})
+    raw = tiny_text_config_dict(root / "runs", bert)
     run(validate(raw))
     return root / "runs" / "txt" / "model"
 

@@ -34,7 +34,8 @@ from proteus.data.base import DataError  # noqa: E402
 from proteus.model import load_model  # noqa: E402
 from proteus.serve import add_parser, create_app, serve  # noqa: E402
 
-from conftest import TINY_IMAGE_SIZE, tiny_bert, tiny_config_dict  # noqa: E402
+from conftest import (TINY_IMAGE_SIZE, tiny_bert, tiny_config_dict,  # noqa: E402
+                      tiny_text_config_dict)
 
 TOKEN = "s3cret-token"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
@@ -53,13 +54,7 @@ def model_dirs(tmp_path_factory) -> dict[str, Path]:
     img = tiny_config_dict(root / "runs", name="img", checkpoint=False)
     proteus.run(validate(img), console=quiet)
     bert = tiny_bert(root / "tiny-bert")
-    txt = tiny_config_dict(
-        root / "runs", name="txt", checkpoint=False,
-        data=[{"name": "synthetic", "modality": "text", "num_classes": 4,
-               "samples_per_class": 20, "noise": 0.1, "seed": 1}],
-        scenario={"num_tasks": 2},
-        backbone={"name": "hf-text", "model": str(bert), "local_files_only": True,
-                  "max_length": 32})
+    txt = tiny_text_config_dict(root / "runs", bert)
     proteus.run(validate(txt), console=quiet)
     return {"image": root / "runs" / "img" / "model", "text": root / "runs" / "txt" / "model",
             "root": root}
