@@ -238,3 +238,27 @@ def test_merged_inference_predicts_like_low_rank_products(driven):
     assert np.array_equal(merged.classes, before.classes)
     for name, layer in learner.pool.layers.items():  # the dense weights are restored exactly
         assert torch.equal(layer.base.weight, weights[name]), name
+
+
+def test_kept_prefixes_keep_values_and_channels_last_layout(make_tiny_config, tmp_path,
+                                                            monkeypatch):
+    """A run keeps each sample's frozen-stage prefix by id; stacking kept rows must give back
+    the same values in the backbone's channels-last layout (CNN convolutions are much slower
+    on the plain layout)."""
+    run = assembled(make_tiny_config(tmp_path, learner=LEARNER))
+    learner, ctx, data = run.learner, run.ctx, run.scenario.tasks[0].train
+    maps = torch.randn(len(data.items), 8, 4, 4).contiguous(memory_format=torch.channels_last)
+    calls = []
+
+    def fake_prefix(items, size):
+        calls.append(len(items))
+        return maps[: len(items)]
+
+    monkeypatch.setattr(learner, "start", 1)
+    monkeypatch.setattr(learner, "_prefix", fake_prefix)
+    first = learner._cached_prefix(data, ctx)
+    again = learner._cached_prefix(data, ctx)
+    assert calls == [len(data)]  # the second call is served from the kept rows
+    for out in (first, again):
+        assert torch.equal(out, maps)
+        assert out.is_contiguous(memory_format=torch.channels_last)
