@@ -23,7 +23,7 @@ from typing import Literal
 
 import numpy as np
 import torch
-from scipy.linalg import solve_triangular
+from scipy.linalg import cho_factor, solve_triangular
 from sklearn.cluster import KMeans
 from sklearn.covariance import ledoit_wolf_shrinkage
 from sklearn.mixture import BayesianGaussianMixture
@@ -112,12 +112,15 @@ def _sq_dist(x: np.ndarray, c: np.ndarray) -> np.ndarray:
     return (x ** 2).sum(1)[:, None] - 2 * x @ c.T + (c ** 2).sum(1)[None, :]
 
 
-def _chol_precision(cov: np.ndarray) -> tuple[np.ndarray, float]:
-    """Lower Cholesky factor L of Sigma^-1 (Sigma^-1 = L L^T) and log det Sigma."""
-    c = np.linalg.cholesky(cov)
+def _chol_precision(cov: np.ndarray, overwrite: bool = False) -> tuple[np.ndarray, float]:
+    """Lower Cholesky factor L of Sigma^-1 (Sigma^-1 = L L^T) and log det Sigma; ``overwrite``
+    lets the factorisation reuse ``cov``'s memory."""
+    c = cho_factor(cov, lower=True, overwrite_a=overwrite, check_finite=False)[0]
+    logdet = 2.0 * float(np.log(np.diag(c)).sum())
     # L = C^-T; a triangular solve costs a third of a general one (d = 3,088: seconds per task)
-    inv = solve_triangular(c, np.eye(len(cov)), lower=True).T
-    return inv, 2.0 * float(np.log(np.diag(c)).sum())
+    inv = solve_triangular(c, np.eye(len(cov)), lower=True, overwrite_b=True,
+                           check_finite=False).T
+    return inv, logdet
 
 
 def _moments(x: np.ndarray, assign: np.ndarray, k: int) -> tuple[np.ndarray, list[np.ndarray]]:
@@ -194,12 +197,15 @@ class TaskSignatures:
     def shared_precision(self) -> tuple[np.ndarray, float]:
         """Cholesky of the shared precision from the accumulated within-class scatter."""
         if self._shared is None:
+            # (1 - rho) S/n + rho tr(S/n)/d I + reg I, built in one d x d buffer: at d = 3,088
+            # every extra float64 copy is 76 MB, and this runs after every task
             d, n = self.stats.dim, self.stats.total
-            emp = self.stats.within_scatter() / n
             rho = self.shrinkage_sum / n
-            cov = (1 - rho) * emp + rho * (np.trace(emp) / d) * np.eye(d)
-            cov += self.o.reg_covar * np.eye(d)
-            self._shared = _chol_precision(cov)
+            cov = self.stats.within_scatter(symmetric=False)  # Cholesky reads one triangle
+            shift = rho * np.trace(cov) / (n * d) + self.o.reg_covar
+            cov *= (1 - rho) / n
+            cov.flat[:: d + 1] += shift
+            self._shared = _chol_precision(cov, overwrite=True)
         return self._shared
 
     def _fit_dpgmm(self, x: np.ndarray, labels: np.ndarray) -> Components:

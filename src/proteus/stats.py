@@ -72,14 +72,19 @@ class ClassStats:
             raise ValueError(f"ClassStats: no samples yet for class rows {missing}")
         return self.sum[rows] / self.count[rows, None]
 
-    def within_scatter(self) -> np.ndarray:
-        """Pooled within-class scatter ``sum_c sum_{i in c} (x_i - mu_c)(x_i - mu_c)^T``."""
+    def within_scatter(self, symmetric: bool = True) -> np.ndarray:
+        """Pooled within-class scatter ``sum_c sum_{i in c} (x_i - mu_c)(x_i - mu_c)^T`` (a new
+        array). ``symmetric`` False skips making it exactly symmetric, for a consumer that
+        reads one triangle (a Cholesky factorisation) and one d x d copy fewer."""
         if self.second is None:
             raise ValueError("ClassStats: built without the second moment")
         seen = self.count > 0
-        centred = self.sum[seen].T @ (self.sum[seen] / self.count[seen, None])
-        scatter = self.second - centred
-        return (scatter + scatter.T) / 2  # exact symmetry despite rounding
+        scatter = self.second.copy()
+        scatter -= self.sum[seen].T @ (self.sum[seen] / self.count[seen, None])
+        if symmetric:
+            scatter += scatter.T  # exact symmetry despite rounding (numpy buffers the overlap)
+            scatter *= 0.5
+        return scatter
 
     def nbytes(self) -> int:
         return int(self.count.nbytes + self.sum.nbytes
