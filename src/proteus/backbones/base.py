@@ -100,6 +100,24 @@ class Backbone(nn.Module):
         return found
 
 
+def stage_features(backbone: Backbone, items, stages: list[int],
+                   capture_stage: int | None = None) -> tuple[torch.Tensor, Any]:
+    """One pass of a batch through every stage: the pooled outputs of ``stages`` and the final
+    embedding, each L2-normalised, concatenated (multi-layer features); with ``capture_stage``
+    also that stage's input (the prefix a learner continues from). Run it under the scope the
+    caller wants (frozen, inference)."""
+    x, parts, captured = backbone.preprocess(items), [], None
+    for stage in range(len(backbone.stage_prefixes())):
+        if stage == capture_stage:
+            captured = x
+        x = backbone.run_stages(x, stage, stage + 1)
+        if stage in stages:
+            parts.append(backbone.pool_stage(x))
+    parts.append(x)
+    feats = torch.cat([nn.functional.normalize(p.float(), dim=1) for p in parts], 1)
+    return feats, captured
+
+
 def embed(
     backbone: Backbone,
     items: Sequence[Any] | np.ndarray,

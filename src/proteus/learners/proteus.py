@@ -27,9 +27,8 @@ from typing import Any, Literal
 import numpy as np
 import torch
 from pydantic import Field
-from torch import nn
 
-from ..backbones.base import stage_cat
+from ..backbones.base import stage_cat, stage_features
 from ..data.base import LabeledData, take
 from ..data.scenario import Task
 from ..heads import RidgeHead
@@ -113,19 +112,13 @@ class Proteus(LowRankLearner):
         captured = []
         if missing:
             index = np.asarray(missing)
-            n_stages = len(self.backbone.stage_prefixes())
             with torch.inference_mode(), self.frozen_scope():
                 for b in self._batches(len(index), ctx.batch_size):
                     rows = index[b]
-                    x, parts = self.backbone.preprocess(take(data.items, rows)), []
-                    for stage in range(n_stages):
-                        if capture and stage == self.start:
-                            captured.append(x)
-                        x = self.backbone.run_stages(x, stage, stage + 1)
-                        if stage in stages:
-                            parts.append(self.backbone.pool_stage(x))
-                    parts.append(x)
-                    feats = torch.cat([nn.functional.normalize(p.float(), dim=1) for p in parts], 1)
+                    feats, x = stage_features(self.backbone, take(data.items, rows), stages,
+                                              self.start if capture else None)
+                    if capture:
+                        captured.append(x)
                     for i, row in zip(rows, feats.cpu().numpy()):
                         cache[int(data.ids[i])] = row
         feats = np.stack([cache[int(sid)] for sid in data.ids])
