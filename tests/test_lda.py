@@ -46,3 +46,26 @@ def test_a_class_seen_again_is_refused(tmp_path):
     run = _learned(tmp_path)
     with pytest.raises(LearnerError, match="learned before"):
         run.learner.learn_task(run.scenario.tasks[0], run.ctx)
+
+
+def test_constant_features_are_shrunk_as_sklearn_does(tmp_path, monkeypatch):
+    """Dead channels (constant within a class) keep scikit-learn's scale of 1 in its
+    standardised Ledoit-Wolf shrinkage; the streamed covariance must follow it there too."""
+    run = assembled(tiny_config_dict(tmp_path, learner={"name": "lda"}))
+    train = stack([t.train for t in run.scenario.tasks])
+    test = stack([t.test for t in run.scenario.tasks])
+    n_ids = int(max(train.ids.max(), test.ids.max())) + 1
+    rng = np.random.default_rng(0)
+    all_labels = np.zeros(n_ids, dtype=np.int64)
+    all_labels[train.ids], all_labels[test.ids] = train.labels, test.labels
+    table = rng.normal(size=(n_ids, 12)) + all_labels[:, None] * 0.7
+    table[:, :3] = 0.0  # constant in every class
+    table[all_labels % 2 == 0, 3] = 1.5  # constant in some classes only
+    monkeypatch.setattr(run.learner, "features", lambda data, ctx: table[data.ids])
+    for task in run.scenario.tasks:
+        run.learner.learn_task(task, run.ctx)
+    reference = LinearDiscriminantAnalysis(solver="lsqr", shrinkage="auto")
+    reference.fit(table[train.ids], train.labels)
+    np.testing.assert_allclose(run.learner.coef, reference.coef_, rtol=1e-6, atol=1e-8)
+    np.testing.assert_array_equal(run.learner.predict(test, run.ctx).classes,
+                                  reference.predict(table[test.ids]))
