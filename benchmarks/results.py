@@ -56,12 +56,16 @@ VARIANTS = {
     "proteus, no low-rank units (frozen backbone)": ["learner.train_adapters=false"],
 }
 # baselines run from their presets, configs/offline/baselines/<name>-<preset>.yaml
+# (lda: the frozen-feature control, streaming shrinkage LDA on PROTEUS's retrieval features)
 BASELINES = ["simplecil", "ranpac", "seq-lora", "joint-lora", "o-lora", "inflora", "sd-lora",
-             "s-prompts"]
+             "s-prompts", "lda"]
+# the analytic controls on frozen features that PROTEUS's own parts must beat
+CONTROLS = ["lda", "lda, embedding only", "ranpac", "simplecil"]
 # diagnostic variants of a baseline: (baseline, overrides on top of its preset)
 BASELINE_VARIANTS = {
     "o-lora, CE over every seen class": ("o-lora", ["learner.head_loss=seen"]),
     "joint-lora, 10 epochs": ("joint-lora", ["learner.epochs=10"]),
+    "lda, embedding only": ("lda", ["learner.signature_stages=[]"]),
 }
 # what the protocol sanity check compares: learners trained by gradient on one task at a time
 CONTINUAL_LORA = ["seq-lora", "o-lora", "inflora", "sd-lora", "s-prompts"]
@@ -135,6 +139,28 @@ def sanity_check(variants: dict) -> list[str]:
     return lines if len(lines) > 1 else []
 
 
+def control_summary(store: dict) -> list[str]:
+    """Per preset: does `proteus` beat the best frozen-feature control? (mean final accuracy,
+    and the per-seed paired differences where both ran the same seeds)."""
+    lines = ["## PROTEUS against the best control on the same features", ""]
+    for preset, variants in store.items():
+        ran = [c for c in CONTROLS if c in variants]
+        if "proteus" not in variants or not ran:
+            continue
+        best = max(ran, key=lambda c: _mean(variants[c], "final_accuracy"))
+        ours, theirs = variants["proteus"], variants[best]
+        gap = _mean(ours, "final_accuracy") - _mean(theirs, "final_accuracy")
+        paired = [ours[s]["final_accuracy"] - theirs[s]["final_accuracy"]
+                  for s in sorted(set(ours) & set(theirs))]
+        verdict = ("beats" if paired and min(paired) > 0 and gap >= 0.01 else "does not beat")
+        lines.append(
+            f"- **{preset}**: `proteus` {verdict} the best control, `{best}`: mean final "
+            f"accuracy {100 * gap:+.2f} points; per seed "
+            + (", ".join(f"{100 * d:+.2f}" for d in paired) or "no common seeds")
+            + " (beating means positive on every seed and at least +1.00 on average).")
+    return [*lines, ""] if len(lines) > 2 else []
+
+
 def render(store: dict, out_md: Path) -> None:
     lines = ["# Results on the offline presets", "",
              "Targets (issue: PROTEUS): on the vision preset the default `proteus` should reach "
@@ -155,6 +181,7 @@ def render(store: dict, out_md: Path) -> None:
              "accuracies in percent; wall time of the whole run on a 2-core CPU machine (the "
              "published runs shared those cores with other jobs, so their wall times are upper "
              "bounds, not comparisons).", ""]
+    lines += control_summary(store)
     for preset, variants in store.items():
         lines += [f"## {preset}: `{PRESETS[preset].relative_to(ROOT)}`", "",
                   "| variant | seeds | " + " | ".join(label for _, label in COLUMNS) + " |",

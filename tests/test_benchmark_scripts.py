@@ -88,3 +88,20 @@ def test_perf_targets_and_rendering_come_from_the_rows():
                       "peak RSS": True}
     text = perf.render(result)
     assert "| 10 | 1.40x | 3.00 |" in text and "| growth part <= 40 MB | 30.0 MB | yes |" in text
+
+
+def test_control_summary_says_when_proteus_does_not_beat_the_best_control():
+    results = _load("results")
+    store = {"vision": {
+        "proteus": _runs(**{"1": {"final_accuracy": 0.92}, "2": {"final_accuracy": 0.91}}),
+        "lda": _runs(**{"1": {"final_accuracy": 0.915}, "2": {"final_accuracy": 0.912}}),
+        "simplecil": _runs(**{"1": {"final_accuracy": 0.70}, "2": {"final_accuracy": 0.71}}),
+    }, "text": {
+        "proteus": _runs(**{"1": {"final_accuracy": 0.70}}),
+        "ranpac": _runs(**{"1": {"final_accuracy": 0.55}}),
+    }}
+    text = "\n".join(results.control_summary(store))
+    assert "**vision**: `proteus` does not beat the best control, `lda`" in text
+    assert "+0.50, -0.20" in text  # per-seed paired differences, in points
+    assert "**text**: `proteus` beats the best control, `ranpac`: mean final accuracy +15.00" \
+        in text
