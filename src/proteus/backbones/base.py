@@ -118,6 +118,22 @@ def stage_features(backbone: Backbone, items, stages: list[int],
     return feats, captured
 
 
+def multi_stage_features(backbone: Backbone, items, stages: list[int], batch_size: int,
+                         capture_stage: int | None = None) -> tuple[np.ndarray, list]:
+    """:func:`stage_features` over ``items`` in batches, under inference mode: the features as
+    one float32 array, and the captured stage inputs per batch (empty without
+    ``capture_stage``). The caller chooses the scope (a learner's frozen scope, say)."""
+    feats, captured = [], []
+    with torch.inference_mode():
+        for start in range(0, len(items), batch_size):
+            f, x = stage_features(backbone, items[start:start + batch_size], stages,
+                                  capture_stage)
+            feats.append(f.cpu().numpy())
+            if capture_stage is not None:
+                captured.append(x)
+    return (np.concatenate(feats) if feats else np.zeros((0, 0), np.float32)), captured
+
+
 def embed(
     backbone: Backbone,
     items: Sequence[Any] | np.ndarray,

@@ -72,21 +72,30 @@ class Context:
     #: entered around frozen-feature extraction; a learner with adapters installs one that
     #: switches them off, so cached features are the pre-trained backbone's
     frozen_scope: Callable[[], ContextManager] = contextlib.nullcontext
-    _cache: dict[int, np.ndarray] = field(default_factory=dict, repr=False)
     #: other per-run caches a learner keeps (keyed by sample id, which is unique within a run)
     caches: dict[str, dict] = field(default_factory=dict, repr=False)
 
-    def features(self, data: LabeledData, desc: str = "embed (frozen)") -> np.ndarray:
-        missing = [i for i, sid in enumerate(data.ids.tolist()) if sid not in self._cache]
+    def by_id(self, name: str, data: LabeledData, compute: Callable[[np.ndarray], Any]
+              ) -> list:
+        """One row per sample of ``data``, kept per sample id for the run in cache ``name``;
+        ``compute(positions)`` gives the rows of the samples not kept yet, in order."""
+        cache = self.caches.setdefault(name, {})
+        ids = data.ids.tolist()
+        missing = [i for i, sid in enumerate(ids) if sid not in cache]
         if missing:
+            for i, row in zip(missing, compute(np.asarray(missing, dtype=np.int64))):
+                cache[ids[i]] = row
+        return [cache[sid] for sid in ids]
+
+    def features(self, data: LabeledData, desc: str = "embed (frozen)") -> np.ndarray:
+        def compute(positions: np.ndarray) -> np.ndarray:
             with self.frozen_scope():
-                new = embed(self.backbone, take(data.items, np.asarray(missing)), self.batch_size, desc,
-                            self.progress)
-            for i, row in zip(missing, new):
-                self._cache[int(data.ids[i])] = row
-        if not len(data):
-            return np.zeros((0, self.backbone.embed_dim), dtype=np.float32)
-        return np.stack([self._cache[int(sid)] for sid in data.ids])
+                return embed(self.backbone, take(data.items, positions), self.batch_size, desc,
+                             self.progress)
+
+        rows = self.by_id("frozen", data, compute)
+        return (np.stack(rows) if rows
+                else np.zeros((0, self.backbone.embed_dim), dtype=np.float32))
 
     def embed(self, data: LabeledData, desc: str = "embed") -> np.ndarray:
         """Embeddings with the backbone as it is now (adapters included), not cached."""

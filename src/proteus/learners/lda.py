@@ -31,7 +31,7 @@ from scipy.linalg import lstsq
 from sklearn.covariance import ledoit_wolf_shrinkage
 from sklearn.preprocessing import StandardScaler
 
-from ..backbones.base import stage_features
+from ..backbones.base import multi_stage_features
 from ..data.base import LabeledData, take
 from ..data.scenario import Task
 from ..registry import Options
@@ -67,18 +67,9 @@ class LDA(Learner):
             stages = self.backbone.default_signature_stages
         if not stages:  # the embedding alone, as PROTEUS's signatures take it then
             return ctx.features(data).astype(np.float64)
-        cache = ctx.caches.setdefault("lda_features", {})
-        missing = np.asarray([i for i, sid in enumerate(data.ids.tolist()) if sid not in cache],
-                             dtype=np.int64)
-        with torch.inference_mode():
-            for start in range(0, len(missing), self.options.batch_size):
-                rows = missing[start:start + self.options.batch_size]
-                feats, _ = stage_features(self.backbone, take(data.items, rows), stages)
-                for i, row in zip(rows, feats.cpu().numpy()):
-                    cache[int(data.ids[i])] = row
-        if not len(data):
-            return np.zeros((0, 0))
-        return np.stack([cache[int(sid)] for sid in data.ids]).astype(np.float64)
+        rows = ctx.by_id("lda_features", data, lambda positions: multi_stage_features(
+            self.backbone, take(data.items, positions), stages, self.options.batch_size)[0])
+        return np.stack(rows).astype(np.float64) if rows else np.zeros((0, 0))
 
     def learn_task(self, task: Task, ctx: Context) -> TaskOutcome:
         x = self.features(task.train, ctx)

@@ -100,11 +100,12 @@ class LowRankLearner(Learner):
             return None
         cache = ctx.caches.setdefault("prefix", {})
         ids = data.ids.tolist()
-        missing = [i for i, sid in enumerate(ids) if sid not in cache]
-        if new is None and missing:
-            part = self._prefix(take(data.items, np.asarray(missing)), ctx.batch_size)
+        if new is not None:
+            missing, part = list(range(len(ids))), new
         else:
-            part, missing = (new, list(range(len(ids)))) if new is not None else (None, [])
+            missing = [i for i, sid in enumerate(ids) if sid not in cache]
+            part = (self._prefix(take(data.items, np.asarray(missing)), ctx.batch_size)
+                    if missing else None)
         if part is not None:
             if isinstance(part, dict) or part[0].numel() * part.element_size() > PREFIX_KEEP_BYTES:
                 return part if len(missing) == len(ids) else self._prefix(data.items,

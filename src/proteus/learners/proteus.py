@@ -28,7 +28,7 @@ import numpy as np
 import torch
 from pydantic import Field
 
-from ..backbones.base import stage_cat, stage_features
+from ..backbones.base import multi_stage_features, stage_cat
 from ..data.base import LabeledData, take
 from ..data.scenario import Task
 from ..heads import RidgeHead
@@ -106,28 +106,22 @@ class Proteus(LowRankLearner):
         if not stages:
             feats = ctx.features(data)
             return feats, self._prefix(data.items, ctx.batch_size) if with_prefix else None
-        cache = ctx.caches.setdefault("signature_features", {})  # by sample id, per run
-        missing = [i for i, sid in enumerate(data.ids.tolist()) if sid not in cache]
-        capture = with_prefix and self.start > 0 and len(missing) == len(data)
-        captured = []
-        if missing:
-            index = np.asarray(missing)
-            with torch.inference_mode(), self.frozen_scope():
-                for b in self._batches(len(index), ctx.batch_size):
-                    rows = index[b]
-                    feats, x = stage_features(self.backbone, take(data.items, rows), stages,
-                                              self.start if capture else None)
-                    if capture:
-                        captured.append(x)
-                    for i, row in zip(rows, feats.cpu().numpy()):
-                        cache[int(data.ids[i])] = row
-        feats = np.stack([cache[int(sid)] for sid in data.ids])
+        captured: list = []
+
+        def compute(positions: np.ndarray) -> np.ndarray:
+            # none of data kept yet: capture the prefix in the same pass
+            capture = with_prefix and self.start > 0 and len(positions) == len(data)
+            with self.frozen_scope():
+                feats, caps = multi_stage_features(self.backbone, take(data.items, positions),
+                                                   stages, ctx.batch_size,
+                                                   self.start if capture else None)
+            captured.extend(caps)
+            return feats
+
+        feats = np.stack(ctx.by_id("signature_features", data, compute))
         if not with_prefix:
             return feats, None
-        if capture:
-            return feats, (self._cached_prefix(data, ctx, stage_cat(captured)) if captured
-                           else None)
-        return feats, self._cached_prefix(data, ctx)
+        return feats, self._cached_prefix(data, ctx, stage_cat(captured) if captured else None)
 
     # -- learning ------------------------------------------------------------------------
     def learn_task(self, task: Task, ctx: Context) -> TaskOutcome:
