@@ -79,7 +79,9 @@ def run(config: RunConfig, console: Console | None = None, resume: bool = False
 
     n_tasks = len(scenario.tasks)
     evaluator = Evaluator(scenario)
-    state: dict[str, Any] = {"timing": [], "extras": [], "certificates": [], "lines": []}
+    # per task: timing, extras (certificate summaries included) and the metrics line; the last
+    # certificate in full (a checkpoint carries all of it, so a resumed run ends the same)
+    state: dict[str, Any] = {"timing": [], "extras": [], "lines": [], "last_certificate": None}
     start = 0
     if resume:
         start, state = _restore(parts, evaluator)
@@ -108,9 +110,7 @@ def run(config: RunConfig, console: Console | None = None, resume: bool = False
             # per task the summary; the clusters of the last certificate go in once, at the end
             extras["certificate"] = {k: v for k, v in outcome.certificate.items()
                                      if k != "clusters"}
-            state["certificates"] = [outcome.certificate]  # only the last one is kept in full
-            state.setdefault("certified_fractions", []).append(
-                outcome.certificate.get("certified_fraction"))
+            state["last_certificate"] = outcome.certificate
         state["timing"].append(step_timing)
         state["extras"].append(extras)
         line = {**evaluator.line(task), **step_timing,
@@ -157,7 +157,7 @@ def _checkpoint(parts: Run, tracker: AccuracyTracker, state: dict, next_task: in
 
 def _restore(parts: Run, evaluator: Evaluator) -> tuple[int, dict]:
     """Load the last checkpoint into the learner and evaluator; returns the next task and the
-    run's state (timing, extras, certificates, metrics lines of the tasks done)."""
+    run's state (timing, extras, metrics lines, last certificate of the tasks done)."""
     folder = parts.run_dir / CHECKPOINT
     try:
         manifest = read_manifest(folder)
@@ -179,10 +179,8 @@ def _restore(parts: Run, evaluator: Evaluator) -> tuple[int, dict]:
                                manifest.get("session_state") or {},
                                parts.scenario.tasks[:next_task])
     evaluator.tracker = AccuracyTracker.from_state(run_state["tracker"])
-    state = {k: run_state[k] for k in ("timing", "extras", "certificates", "lines")}
-    if "certified_fractions" in run_state:
-        state["certified_fractions"] = run_state["certified_fractions"]
-    return next_task, state
+    return next_task, {k: run_state[k] for k in ("timing", "extras", "lines",
+                                                 "last_certificate")}
 
 
 def _results(config: RunConfig, scenario, tracker: AccuracyTracker, state: dict,
@@ -211,12 +209,13 @@ def _results(config: RunConfig, scenario, tracker: AccuracyTracker, state: dict,
         "parameters": learner.parameter_counts(),
         "extras": {"per_task": extras} if any(extras) else {},
     }
-    if state["certificates"]:
+    if state["last_certificate"] is not None:
         # section 6: the last certificate in full (per cluster), beside the retrieval accuracy
         results["certificate"] = {
-            **state["certificates"][-1],
+            **state["last_certificate"],
             "task_retrieval_accuracy": results["metrics"].get("task_retrieval_accuracy"),
-            "certified_fraction_per_task": state["certified_fractions"]}
+            "certified_fraction_per_task": [e["certificate"].get("certified_fraction")
+                                            for e in extras if "certificate" in e]}
     if torch.cuda.is_available():
         results["peak_gpu_memory_mb"] = round(torch.cuda.max_memory_allocated() / 2**20, 1)
     return results
