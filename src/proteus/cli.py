@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import subprocess
 import sys
 from pathlib import Path
 
@@ -13,6 +14,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
+from .dist import DistributedError
 from .registry import ConfigError
 
 PRESET_DIRS = [Path("configs")]
@@ -29,9 +31,25 @@ def _run(args: argparse.Namespace, console: Console) -> int:
         overrides.append(f"name={args.name}")
     if args.output_dir:
         overrides.append(f"output_dir={args.output_dir}")
+    if args.nproc > 1 and "WORLD_SIZE" not in os.environ:
+        return _launch(args)
     config = load_config(args.config, overrides)
     run(config, console=console, resume=args.resume)
     return 0
+
+
+def _launch(args: argparse.Namespace) -> int:
+    """``proteus run --nproc N``: the same command under ``torchrun`` on this machine."""
+    argv = [args.config, *sum((["--set", s] for s in args.set or []), [])]
+    for flag, value in (("--seed", args.seed), ("--name", args.name),
+                        ("--output-dir", args.output_dir)):
+        if value is not None:
+            argv += [flag, str(value)]
+    if args.resume:
+        argv.append("--resume")
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone",
+           f"--nproc-per-node={args.nproc}", "-m", "proteus", "run", *argv]
+    return subprocess.run(cmd).returncode
 
 
 def _learn(args: argparse.Namespace, console: Console) -> int:
@@ -183,6 +201,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--output-dir", help="where run directories go (default runs/)")
     p.add_argument("--resume", action="store_true",
                    help="continue from the last complete task of an interrupted run")
+    p.add_argument("--nproc", type=int, default=1, metavar="N",
+                   help="run as N processes on this machine (torchrun --standalone "
+                   "--nproc-per-node N; see docs/distributed.md)")
     p.set_defaults(func=_run)
     p = sub.add_parser("learn", help="add one task of new classes to a saved model (a new "
                        "version; no earlier data needed)")
@@ -250,7 +271,7 @@ def main(argv: list[str] | None = None) -> int:
     console = Console(stderr=True)
     try:
         return args.func(args, console)
-    except (ConfigError, ValueError, OSError, ImportError) as exc:
+    except (ConfigError, ValueError, OSError, ImportError, DistributedError) as exc:
         # plain text, never wrapped: one line per problem, the input named at its start
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -24,6 +24,7 @@ import torch
 import yaml
 from rich.console import Console
 
+from . import dist
 from .assemble import Run, assemble
 from .backbones.base import autocast_context
 from .config import RunConfig
@@ -37,7 +38,8 @@ from .tracking import open_trackers
 
 CHECKPOINT = "checkpoint"
 #: test hook: "after-learn:K" kills the process with SIGKILL once task K is learned, before it is
-#: evaluated or checkpointed (a deterministic point of death for the resume test)
+#: evaluated or checkpointed (a deterministic point of death for the resume test);
+#: "after-learn:K@R" kills rank R of a multi-process run only
 FAULT_ENV = "PROTEUS_FAULT"
 
 
@@ -68,10 +70,26 @@ def save_spec(run: Run) -> SaveSpec:
 
 def run(config: RunConfig, console: Console | None = None, resume: bool = False
         ) -> dict[str, Any]:
-    console = console or Console(stderr=True)
+    """Run ``config``; under ``torchrun`` every process runs this, sharing the work
+    (``proteus.dist``), and rank 0 alone writes the run directory and the model."""
+    group = dist.init_from_env(config.device)
+    try:
+        results = _run(config, console, resume, group)
+        with dist.sharding(group):
+            dist.barrier()  # every process leaves once rank 0 has written the run
+        return results
+    finally:
+        dist.shutdown()
+
+
+def _run(config: RunConfig, console: Console | None, resume: bool, group: dist.Dist
+         ) -> dict[str, Any]:
+    main = group.is_main
+    console = console if console is not None and main else Console(stderr=True, quiet=not main)
     parts = assemble(config)
     learner, ctx, scenario = parts.learner, parts.ctx, parts.scenario
-    run_dir = write_run_files(parts)
+    ctx.progress = ctx.progress and main
+    run_dir = write_run_files(parts) if main else parts.run_dir
     device = parts.device
 
     def amp():
@@ -87,17 +105,20 @@ def run(config: RunConfig, console: Console | None = None, resume: bool = False
         start, state = _restore(parts, evaluator)
         console.print(f"resuming [bold]{config.name}[/] after task {start} of {n_tasks}")
     metrics_file = run_dir / "metrics.jsonl"
-    write_text_atomic(metrics_file, "".join(json.dumps(line) + "\n" for line in state["lines"]))
-    trackers = open_trackers(config, run_dir)
+    if main:
+        write_text_atomic(metrics_file,
+                          "".join(json.dumps(line) + "\n" for line in state["lines"]))
+    trackers = open_trackers(config, run_dir) if main else []
     console.print(f"[bold]{config.name}[/]: {config.learner.name} on {config.backbone.name}, "
-                  f"{n_tasks} tasks, {len(scenario.class_names)} classes, device {device}")
+                  f"{n_tasks} tasks, {len(scenario.class_names)} classes, device {device}"
+                  + (f", {group.world} processes ({group.backend})" if group.enabled else ""))
 
     for task in scenario.tasks[start:]:
         t0 = time.perf_counter()
-        with amp():
+        with amp(), dist.sharding(group):
             outcome: TaskOutcome = learner.learn_task(task, ctx)
         train_s = time.perf_counter() - t0
-        _fault("after-learn", task.index)
+        _fault("after-learn", task.index, group.rank)
         eval_timing = evaluator.after_task(task, learner, ctx, amp)
 
         step_timing = {"task": task.index, "train_s": round(train_s, 3),
@@ -117,8 +138,9 @@ def run(config: RunConfig, console: Console | None = None, resume: bool = False
                 "extras": {**extras, **({"certificate": outcome.certificate}
                                         if outcome.certificate is not None else {})}}
         state["lines"].append(line)
-        with metrics_file.open("a") as fh:
-            fh.write(json.dumps(line) + "\n")
+        if main:
+            with metrics_file.open("a") as fh:
+                fh.write(json.dumps(line) + "\n")
         for tracker in trackers:
             tracker.log_task(line)
         retrieval = line["task_retrieval_accuracy"]
@@ -126,10 +148,14 @@ def run(config: RunConfig, console: Console | None = None, resume: bool = False
             f"task {task.index + 1}/{n_tasks}: accuracy on seen {line['accuracy_seen']:.4f}"
             + (f", task retrieval {retrieval:.4f}" if retrieval is not None else "")
             + f"  (train {train_s:.1f}s, eval {eval_timing['eval_s']:.1f}s)")
-        if task.index < n_tasks - 1 and config.checkpoint:
+        if task.index < n_tasks - 1 and config.checkpoint and main:
             _checkpoint(parts, evaluator.tracker, state, task.index + 1)
 
     results = _results(config, scenario, evaluator.tracker, state, learner)
+    if group.enabled:
+        results["distributed"] = {"world_size": group.world, "backend": group.backend}
+    if not main:
+        return results
     write_json_atomic(run_dir / "results.json", results)
     if config.save_model:
         save_model(run_dir / "model", learner=learner, spec=save_spec(parts), fresh=True)
@@ -142,8 +168,9 @@ def run(config: RunConfig, console: Console | None = None, resume: bool = False
     return results
 
 
-def _fault(point: str, task: int) -> None:
-    if os.environ.get(FAULT_ENV) == f"{point}:{task}":
+def _fault(point: str, task: int, rank: int = 0) -> None:
+    """``point:task`` kills every process of the run there, ``point:task@rank`` that rank only."""
+    if os.environ.get(FAULT_ENV) in (f"{point}:{task}", f"{point}:{task}@{rank}"):
         os.kill(os.getpid(), signal.SIGKILL)
 
 

@@ -14,7 +14,8 @@ import numpy as np
 
 from .data.base import stack
 from .data.scenario import Scenario, Task
-from .learners import Context, Learner
+from . import dist
+from .learners import Context, Learner, Prediction
 from .metrics import AccuracyTracker
 
 
@@ -36,7 +37,7 @@ class Evaluator:
         test = stack([t.test for t in seen])
         true_task = np.concatenate([np.full(len(t.test), t.index) for t in seen])
         with amp():
-            pred = learner.predict(test, ctx)
+            pred = _predict_parts(lambda part: learner.predict(part, ctx), test)
         correct = pred.classes == test.labels
         for t in seen:
             mask = true_task == t.index
@@ -46,9 +47,11 @@ class Evaluator:
         timing = {"eval_s": time.perf_counter() - t0}
         if task.index == len(self.scenario.tasks) - 1:  # task-IL once, at the end
             t0 = time.perf_counter()
+            classes = [t.classes for t in self.scenario.tasks]
             with amp():
-                given = learner.predict_given_task(test, ctx, true_task,
-                                                   [t.classes for t in self.scenario.tasks])
+                given = _predict_parts(lambda part, rows: learner.predict_given_task(
+                    part, ctx, true_task[rows], classes), test, with_rows=True)
+            given = given.classes
             if given is not None:
                 self.tracker.record_task_il(int((np.asarray(given) == test.labels).sum()),
                                             len(test))
@@ -61,3 +64,25 @@ class Evaluator:
         return {"task": task.index, "accuracy_seen": float(self.tracker.accuracy_seen()[-1]),
                 "accuracy_per_task": [float(acc[i, task.index]) for i in range(task.index + 1)],
                 "task_retrieval_accuracy": self.tracker.summary().get("task_retrieval_accuracy")}
+
+
+def _predict_parts(predict: Callable[..., Any], test, with_rows: bool = False) -> Prediction:
+    """``predict`` over ``test``; in a multi-process run each process predicts its part and the
+    parts are gathered in order, so every process records the same metrics. ``predict`` returns
+    a :class:`Prediction` or a class array (None: no answer)."""
+    group = dist.world()
+    rows = group.part(len(test))
+    part = test.subset(rows) if group.enabled else test
+    with dist.sharding(group):
+        with dist.local():
+            out = predict(part, rows) if with_rows else predict(part)
+        if not isinstance(out, Prediction):
+            out = Prediction(classes=out)
+        if not group.enabled:
+            return out
+        pieces = dist.gather_objects((out.classes, out.tasks, out.scores))
+
+    def cat(i: int):
+        return None if pieces[0][i] is None else np.concatenate([p[i] for p in pieces])
+
+    return Prediction(classes=cat(0), tasks=cat(1), scores=cat(2))

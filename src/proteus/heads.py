@@ -12,6 +12,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from .dist import active, all_reduce
 from .seeding import RUN, generator
 from .seeding import rng as seeding_rng
 
@@ -54,30 +55,42 @@ class RidgeHead:
         if num_classes > self.num_classes:
             pad = num_classes - self.num_classes
             self.Q = torch.cat([self.Q, self.Q.new_zeros(self.Q.shape[0], pad)], dim=1)
-        phi = self.features(h)
-        y = self._targets(labels, num_classes)
-        self.lam = self._select_lambda(phi, y)
+        # across ranks (``h`` is every sample, on every rank) each rank projects and sums its
+        # part, and the sums are all-reduced: G and Q equal one process's up to rounding
+        n = len(h)
+        part = active().part(n)
+        phi = self.features(np.asarray(h)[part])
+        y = self._targets(np.asarray(labels)[part], num_classes)
+        self.lam = self._select_lambda(phi, y, part, n)
         self.lambda_history.append(self.lam)
-        self.G += phi.T @ phi
-        self.Q += phi.T @ y
+        self.G += all_reduce(phi.T @ phi)
+        self.Q += all_reduce(phi.T @ y)
         self.W_out = self.solve(self.lam)
         return self.lam
 
-    def _select_lambda(self, phi: torch.Tensor, y: torch.Tensor) -> float:
-        if len(self.lambdas) == 1 or len(phi) < 5:
+    def _select_lambda(self, phi: torch.Tensor, y: torch.Tensor, part: np.ndarray,
+                       n: int) -> float:
+        """lambda of least validation error; ``phi``, ``y``: rows ``part`` of the task's ``n``
+        samples (all of them in one process). The split is drawn over all ``n``, so every
+        process count validates on the same samples."""
+        if len(self.lambdas) == 1 or n < 5:
             return self.lambdas[0] if len(self.lambdas) == 1 else 1.0
         rng = seeding_rng(self.seed, len(self.lambda_history), "ridge-validation")
-        order = rng.permutation(len(phi))
-        n_val = max(1, int(round(self.val_fraction * len(phi))))
-        val, tr = order[:n_val], order[n_val:]
-        G = self.G + phi[tr].T @ phi[tr]
-        Q = self.Q + phi[tr].T @ y[tr]
+        order = rng.permutation(n)
+        n_val = max(1, int(round(self.val_fraction * n)))
+        local = np.full(n, -1)
+        local[part] = np.arange(len(part))  # sample -> its row here (-1: another rank's)
+        val, tr = local[order[:n_val]], local[order[n_val:]]
+        val, tr = val[val >= 0], tr[tr >= 0]
+        G = self.G + all_reduce(phi[tr].T @ phi[tr])
+        Q = self.Q + all_reduce(phi[tr].T @ y[tr])
         evals, evecs = torch.linalg.eigh(G)  # one decomposition serves the whole grid
         VtQ = evecs.T @ Q
         PV = phi[val] @ evecs
-        errors = [float(((PV @ (VtQ / (evals + lam).unsqueeze(1)) - y[val]) ** 2).mean())
-                  for lam in self.lambdas]
-        return self.lambdas[int(np.argmin(errors))]
+        sq = torch.stack([((PV @ (VtQ / (evals + lam).unsqueeze(1)) - y[val]) ** 2).sum()
+                          for lam in self.lambdas])
+        errors = all_reduce(sq) / (n_val * y.shape[1])
+        return self.lambdas[int(torch.argmin(errors))]
 
     def solve(self, lam: float) -> torch.Tensor:
         eye = torch.eye(self.G.shape[0], dtype=torch.float64)

@@ -14,6 +14,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from .dist import active, all_reduce
+
 
 class ClassStats:
     """Counts ``(C,)``, sums ``(C, d)`` and, with ``second_moment``, ``sum x x^T`` ``(d, d)``,
@@ -41,7 +43,10 @@ class ClassStats:
             self.sum = np.concatenate([self.sum, np.zeros((extra, self.dim))])
 
     def add(self, x: np.ndarray, labels: np.ndarray) -> None:
-        """Add samples ``x`` (N x d) of classes ``labels`` (class rows)."""
+        """Add samples ``x`` (N x d) of classes ``labels`` (class rows).
+
+        Across ranks (inside :func:`proteus.dist.sharding`, where every rank holds all of ``x``)
+        each rank sums its part of the samples and the sums are all-reduced."""
         x = np.asarray(x, dtype=np.float64)
         labels = np.asarray(labels, dtype=np.int64)
         if x.ndim != 2 or x.shape[1] != self.dim:
@@ -49,6 +54,18 @@ class ClassStats:
                              f"{x.shape}")
         if len(labels):
             self.grow(int(labels.max()) + 1)
+        group = active()
+        if group.enabled:
+            part = group.part(len(x))
+            x, own = x[part], labels[part]
+            count, total = np.zeros_like(self.count), np.zeros_like(self.sum)
+            np.add.at(count, own, 1.0)
+            np.add.at(total, own, x)
+            self.count += all_reduce(count)
+            self.sum += all_reduce(total)
+            if self.second is not None:
+                self.second += all_reduce(x.T @ x)
+            return
         np.add.at(self.count, labels, 1.0)
         np.add.at(self.sum, labels, x)
         if self.second is not None:

@@ -13,6 +13,7 @@ import torch
 from ..backbones.base import Backbone, embed
 from ..data.base import LabeledData, take
 from ..data.scenario import Task
+from ..dist import sharded_rows
 from ..registry import Options, Registry
 
 LEARNERS: Registry["Learner"] = Registry("learner")
@@ -81,9 +82,11 @@ class Context:
         ``compute(positions)`` gives the rows of the samples not kept yet, in order."""
         cache = self.caches.setdefault(name, {})
         ids = data.ids.tolist()
-        missing = [i for i, sid in enumerate(ids) if sid not in cache]
-        if missing:
-            for i, row in zip(missing, compute(np.asarray(missing, dtype=np.int64))):
+        missing = np.asarray([i for i, sid in enumerate(ids) if sid not in cache], dtype=np.int64)
+        if len(missing):
+            # across ranks (while learning a task) each computes its part; rows are gathered
+            rows = sharded_rows(len(missing), lambda part: compute(missing[part]))
+            for i, row in zip(missing.tolist(), rows):
                 cache[ids[i]] = row
         return [cache[sid] for sid in ids]
 

@@ -35,6 +35,7 @@ import torch
 from pydantic import Field
 from torch import nn
 
+from ..dist import active, all_reduce, local
 from ..seeding import derive_seed
 from .base import LEARNERS
 from .lowrank import LoRABaseline, LoRABaselineOptions
@@ -62,7 +63,7 @@ def design_down_projection(cov: torch.Tensor, memory: torch.Tensor, rank: int) -
     """
     Q = complement_basis(memory)
     _, evecs = _top_eigen(Q.T @ cov @ Q)
-    A = (Q @ evecs[:, :rank]).T
+    A = _fixed_signs(Q @ evecs[:, :rank]).T
     if A.shape[0] < rank:
         A = torch.cat([A, A.new_zeros(rank - A.shape[0], A.shape[1])])
     return A
@@ -83,7 +84,14 @@ def update_memory(cov: torch.Tensor, memory: torch.Tensor, threshold: float) -> 
         k += 1
     if k == 0:
         return memory
-    return torch.cat([memory, Q @ evecs[:, :k]], dim=1)
+    return torch.cat([memory, _fixed_signs(Q @ evecs[:, :k])], dim=1)
+
+
+def _fixed_signs(V: torch.Tensor) -> torch.Tensor:
+    """Columns of ``V`` with each one's largest entry positive: an eigenvector's sign is
+    arbitrary and may flip with rounding (another process count, another BLAS)."""
+    peak = V.gather(0, V.abs().argmax(0, keepdim=True))
+    return V * torch.where(peak < 0, -1.0, 1.0).to(V.dtype)
 
 
 class InfLoRAOptions(LoRABaselineOptions):
@@ -117,7 +125,10 @@ class InfLoRA(LoRABaseline):
     def input_covariances(self, items, prefix, task: int | None,
                           size: int) -> dict[str, torch.Tensor]:
         """H H^T of every target layer's inputs (float64), with stored task ``task`` applied."""
-        covs: dict[str, torch.Tensor] = {}
+        covs: dict[str, torch.Tensor] = {
+            name: torch.zeros(layer.in_features, layer.in_features, dtype=torch.float64,
+                              device=layer.base.weight.device)
+            for name, layer in self.pool.layers.items()}
         handles = []
 
         def hook(name):
@@ -126,17 +137,21 @@ class InfLoRA(LoRABaseline):
                 if module.kind == "conv1x1":
                     x = x.movedim(1, -1)
                 x = x.reshape(-1, x.shape[-1]).double()
-                covs[name] = x.T @ x if name not in covs else covs[name] + x.T @ x
+                covs[name] = covs[name] + x.T @ x
             return record
 
         for name, layer in self.pool.layers.items():
             handles.append(layer.register_forward_hook(hook(name)))
         try:
-            self._embed(items, task, size, prefix)
+            # a sum over samples: across ranks each takes its part, and the sums are reduced
+            part = active().part(len(items))
+            with local():
+                self._embed(items, task, size, prefix, part)
         finally:
             for h in handles:
                 h.remove()
-        return {name: c.clone() for name, c in covs.items()}  # normal tensors, not inference
+        # normal tensors, not inference ones; across ranks each saw its part: summed
+        return {name: all_reduce(c.clone()) for name, c in covs.items()}
 
     def _begin_task(self, task, ctx, prefix, extras):
         k = self.tasks_learned

@@ -27,7 +27,8 @@ from ..data.base import LabeledData, take
 from ..data.scenario import Task
 from ..lora import LowRankLayer, LowRankPool
 from ..registry import Options
-from ..seeding import derive_seed, generator
+from ..dist import active, all_reduce, all_reduce_grads, sharded_rows
+from ..seeding import RUN, derive_seed, generator
 from .base import Context, Learner, TaskOutcome
 
 
@@ -85,10 +86,15 @@ class LowRankLearner(Learner):
         """Output of the frozen stages below the first adapted layer (None when there are none)."""
         if self.start == 0:
             return None
-        with torch.inference_mode(), self.frozen_scope():
-            return stage_cat([self.backbone.run_stages(self.backbone.preprocess(items[b]), 0,
-                                                       self.start)
-                              for b in self._batches(len(items), size)])
+
+        def compute(part: np.ndarray):
+            chunk = take(items, part)
+            with torch.inference_mode(), self.frozen_scope():
+                return stage_cat([self.backbone.run_stages(self.backbone.preprocess(chunk[b]),
+                                                           0, self.start)
+                                  for b in self._batches(len(part), size)])
+
+        return sharded_rows(len(items), compute)  # across ranks: each its part, gathered
 
     def _cached_prefix(self, data: LabeledData, ctx: Context,
                        new: torch.Tensor | None = None) -> torch.Tensor | None:
@@ -127,6 +133,13 @@ class LowRankLearner(Learner):
         None: the frozen backbone; an array: sample ``index[i]`` by stored task ``task[i]``,
         all in one batched forward)."""
         index = np.arange(len(items)) if index is None else index
+        per_sample = isinstance(task, np.ndarray)
+        # across ranks (while learning a task) each embeds its part of the rows; gathered
+        return sharded_rows(len(index), lambda part: self._embed_rows(
+            items, task[part] if per_sample else task, size, prefix, index[part]))
+
+    def _embed_rows(self, items, task: int | str | np.ndarray | None, size: int,
+                    prefix: torch.Tensor | None, index: np.ndarray) -> np.ndarray:
         per_sample = isinstance(task, np.ndarray)
         out = []
         scope = (self.pool.using(None if per_sample else task) if self.pool
@@ -169,27 +182,40 @@ class LowRankLearner(Learner):
         """
         o = self.options
         gen = torch.Generator().manual_seed(seed)
-        labels = torch.as_tensor(targets, dtype=torch.long)
+        labels = torch.as_tensor(targets, dtype=torch.long, device=self.backbone.device)
         trained = [*params, *head.parameters()]
         clipped = trained if clip_head else params
         optimiser = torch.optim.Adam(trained, lr=o.lr)
         n, last = len(labels), None
+        group = active()
+        # across ranks every rank draws the same epoch orders and takes its part of each batch;
+        # augmentations come from a stream of its own (the batch's other rows are not its own)
+        aug_gen = (generator(seed, RUN, "augment", group.rank) if group.enabled and o.augment
+                   else gen)
         for _ in range(o.epochs):
             order, losses = torch.randperm(n, generator=gen), []
             for b in self._batches(n, o.batch_size):
-                rows = order[b]
-                if prefix is not None:
-                    x = stage_take(prefix, rows)  # indexing copies: the cache stays intact
+                batch = order[b]
+                rows = batch[group.part(len(batch))] if group.enabled else batch
+                if not len(rows):  # a batch smaller than the group: nothing here this step
+                    loss = sum(p.sum() * 0.0 for p in trained)
+                    shared = 1.0 / group.world
+                elif group.enabled:  # the part's share of the batch's mean; summed over ranks
+                    loss = nn.functional.cross_entropy(head(self._batch_features(
+                        prefix, items, rows, aug_gen)), labels[rows], reduction="sum") / len(batch)
+                    shared = 1.0 / group.world  # each rank adds the shared terms once
                 else:
-                    x = self.backbone.preprocess(take(items, rows.numpy()), train=o.augment,
-                                                 generator=gen)
-                feats = self.backbone.run_stages(x, self.start)
-                loss = nn.functional.cross_entropy(head(feats), labels[rows].to(feats.device))
+                    loss = nn.functional.cross_entropy(head(self._batch_features(
+                        prefix, items, rows, aug_gen)), labels[rows])
+                    shared = 1.0
                 if extra_loss is not None:
                     for term in extra_loss():
-                        loss = loss + term
+                        loss = loss + shared * term
                 optimiser.zero_grad(set_to_none=True)
                 loss.backward()
+                if group.enabled:
+                    all_reduce_grads(trained)
+                    loss = all_reduce(loss.detach())
                 if o.grad_clip:
                     torch.nn.utils.clip_grad_norm_(clipped, o.grad_clip)
                 optimiser.step()
@@ -200,6 +226,16 @@ class LowRankLearner(Learner):
                 losses.append(loss.detach())
             last = float(torch.stack(losses).mean()) if losses else last
         return last
+
+    def _batch_features(self, prefix: torch.Tensor | None, items, rows: torch.Tensor,
+                        gen: torch.Generator) -> torch.Tensor:
+        """Features of training rows ``rows`` through the adapted stages."""
+        if prefix is not None:
+            x = stage_take(prefix, rows)  # indexing copies: the cache stays intact
+        else:
+            x = self.backbone.preprocess(take(items, rows.numpy()), train=self.options.augment,
+                                         generator=gen)
+        return self.backbone.run_stages(x, self.start)
 
     def _trained_unit_parameters(self) -> int:
         """Trained unit parameters of one task (A_new, B_new; no transfer weights)."""

@@ -11,6 +11,7 @@ import numpy as np
 import torch
 
 from ..data.base import LabeledData
+from ..dist import active, all_reduce
 from ..data.scenario import Task
 from ..registry import Options
 from .base import LEARNERS, Context, Learner, TaskOutcome
@@ -36,8 +37,15 @@ class SimpleCIL(Learner):
             grown = np.zeros((top, self.prototypes.shape[1]), dtype=np.float32)
             grown[: len(self.prototypes)] = self.prototypes
             self.prototypes = grown
-        for c in task.own_classes:  # a few mixed-in samples must not replace a class's mean
-            self.prototypes[c] = feats[task.train.labels == c].mean(axis=0)
+        # class sums over this rank's part of the samples (all of them in one process), summed
+        # over ranks; a few mixed-in samples of an older class must not replace its mean
+        own = np.asarray(task.own_classes, dtype=np.int64)
+        part = active().part(len(feats))
+        labels = task.train.labels[part]
+        sums = np.stack([feats[part][labels == c].sum(axis=0, dtype=np.float64) for c in own])
+        counts = np.array([(labels == c).sum() for c in own], dtype=np.float64)
+        sums, counts = all_reduce(sums), all_reduce(counts)
+        self.prototypes[own] = (sums / counts[:, None]).astype(np.float32)
         self.num_classes = top
         self.tasks_learned += 1
         return TaskOutcome()
