@@ -255,3 +255,24 @@ def test_shared_certificate_equals_the_general_formula(separated):
         deltas, kappas = _separations(comps, t, s, comp.point_mean[s], comp.point_cov[s])
         assert entry["delta"] == pytest.approx(min(deltas), rel=1e-9)
         assert entry["kappa"] == pytest.approx(min(kappas), abs=1e-12)
+
+
+def test_linear_retrieval_is_the_likelihood_argmax_and_serves_without_the_precision(
+        separated, test_points):
+    """Shared-precision class Gaussians: retrieval as one (N, d) x (d, C) product and a bias
+    equals the log-likelihood up to a per-sample constant, and a signature set holding only the
+    serving tensors (no class statistics, no d x d matrix) retrieves the same tasks."""
+    sig = separated["class-gaussian"]
+    x = test_points[0]
+    full, linear = sig.scores(x), sig.retrieval_scores(x)
+    shift = full - linear
+    np.testing.assert_allclose(shift, shift[:, :1].repeat(T, 1), rtol=1e-9, atol=1e-6)
+    assert np.array_equal(retrieve(linear), retrieve(full))
+    tensors, meta = sig.state()
+    d = x.shape[1]
+    serving = {k: v for k, v in tensors.items() if not k.startswith("sig.stats.")}
+    assert not any(v.numel() >= d * d for v in serving.values())  # no d x d precision
+    served = TaskSignatures(SignatureOptions(**KINDS["class-gaussian"]))
+    served.load_state(serving, meta)
+    assert np.array_equal(retrieve(served.retrieval_scores(x)), retrieve(full))
+    assert np.array_equal(retrieve(served.scores(x)), retrieve(full))

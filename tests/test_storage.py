@@ -277,3 +277,30 @@ def test_truncated_or_altered_tensor_file_is_refused(tmp_path):
     file.unlink()
     with pytest.raises(ModelDirError, match="missing"):
         read_tensors(read_manifest(model))
+
+
+def test_compact_storage_keeps_the_upper_triangle_of_symmetric_statistics(tmp_path):
+    class Symmetric(FakeLearner):
+        symmetric_keys = ("stats.gram",)
+
+    a = torch.randn(7, 5, dtype=torch.float64)
+    gram = a @ a.T
+    model = save(tmp_path / "model", Symmetric({"w": torch.ones(2), "stats.gram": gram}))
+    manifest = read_manifest(model)
+    assert manifest["stored_packed"] == ["stats.gram"]
+    with safe_open(model / manifest["version"] / GROW, framework="pt") as fh:
+        assert fh.get_slice("stats.gram").get_shape() == [7 * 8 // 2]
+    back = read_tensors(manifest)["stats.gram"]
+    assert back.shape == (7, 7) and torch.equal(back, back.T)
+    torch.testing.assert_close(back, gram, rtol=0, atol=0)  # no rounding: float64 stays
+    # exact storage (checkpoints) keeps the whole matrix
+    exact = read_manifest(save(tmp_path / "exact", Symmetric({"stats.gram": gram}),
+                               compact=False))
+    assert exact["stored_packed"] == []
+
+
+def test_a_packed_matrix_that_is_no_triangle_is_refused():
+    from proteus.storage import unpack_symmetric
+
+    with pytest.raises(ModelDirError, match="no triangle"):
+        unpack_symmetric(torch.ones(5))

@@ -164,6 +164,9 @@ class TaskSignatures:
         self._shared_prec: np.ndarray | None = None
         # class means of every task whitened by the shared precision, for one-product scoring
         self._whitened: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None
+        # the same retrieval as a linear map (precision folded into the means), see
+        # retrieval_scores; what a saved model keeps instead of the d x d precision
+        self._linear: tuple[np.ndarray, np.ndarray] | None = None
 
     def prepare(self, x: np.ndarray) -> np.ndarray:
         x = np.asarray(x, dtype=np.float64)
@@ -190,7 +193,7 @@ class TaskSignatures:
         # Ledoit-Wolf shrinkage intensity of this task, averaged over tasks by sample count
         centred = x - means[assign]
         self.shrinkage_sum += ledoit_wolf_shrinkage(centred, assume_centered=True) * len(x)
-        self._shared = self._shared_prec = self._whitened = None
+        self._shared = self._shared_prec = self._whitened = self._linear = None
         return Components(means=means, kind="shared", classes=classes, point_mean=means,
                           point_cov=covs)
 
@@ -266,11 +269,46 @@ class TaskSignatures:
         shared = self.shared_precision() if comp.kind == "shared" else None
         return comp.log_likelihood(self.prepare(x), shared).max(1)
 
+    def _all_shared(self) -> bool:
+        return bool(self.tasks) and all(c.kind == "shared" and c.basis is None
+                                        for c in self.tasks)
+
     def scores(self, x: np.ndarray) -> np.ndarray:
-        """(N, T) scores of every task, all in this signature space (frozen embeddings)."""
-        if self.tasks and all(c.kind == "shared" and c.basis is None for c in self.tasks):
+        """(N, T) scores of every task, all in this signature space (frozen embeddings): each
+        task's best component log-likelihood. A serving export of class-Gaussian signatures
+        keeps no precision; there the scores are :meth:`retrieval_scores` (the same up to a
+        constant per sample)."""
+        if self._all_shared():
+            if self.stats is None and self._shared is None:
+                return self.retrieval_scores(x)
             return self._shared_scores(x)
         return np.stack([self.task_scores(x, k) for k in range(len(self.tasks))], 1)
+
+    def retrieval_scores(self, x: np.ndarray) -> np.ndarray:
+        """(N, T) scores whose per-sample argmax is the retrieved task (:meth:`scores`, or
+        shifted per sample). With class Gaussians sharing one precision P, a class's
+        log-likelihood is ``x^T P mu_c - mu_c^T P mu_c / 2`` plus terms every class shares
+        (``-x^T P x / 2``, the log-determinant), so retrieval is one (N, d) x (d, C) product
+        with a bias: no d x d work per input, and a saved model needs no d x d matrix."""
+        if not self._all_shared():
+            return self.scores(x)
+        W, b = self.linear_retrieval()
+        logits = self.prepare(x) @ W + b
+        owner = np.concatenate([np.full(len(c.means), k) for k, c in enumerate(self.tasks)])
+        out = np.full((len(logits), len(self.tasks)), -np.inf)
+        for k in range(len(self.tasks)):  # T column maxima; the work above is one product
+            out[:, k] = logits[:, owner == k].max(1)
+        return out
+
+    def linear_retrieval(self) -> tuple[np.ndarray, np.ndarray]:
+        """(W, b) of :meth:`retrieval_scores`: ``W = P M^T`` (d x C) over every task's class
+        means M, ``b = -diag(M P M^T) / 2``."""
+        if self._linear is None:
+            L, _ = self.shared_precision()
+            means = np.concatenate([c.means for c in self.tasks])
+            whitened = means @ L  # P = L L^T
+            self._linear = (L @ whitened.T, -0.5 * (whitened ** 2).sum(1))
+        return self._linear
 
     def _shared_scores(self, x: np.ndarray) -> np.ndarray:
         """Class-Gaussian retrieval in one pass: whiten the inputs once (x L), score them against
@@ -312,10 +350,11 @@ class TaskSignatures:
             meta["tasks"].append({"kind": comp.kind, "resid_var": comp.resid_var,
                                   "fields": sorted(fields)})
         if self.stats is not None:
-            # predicting needs the shared precision; only learning more needs the statistics
-            chol, logdet = self.shared_precision()
-            tensors[f"{prefix}shared.prec_chol"] = torch.from_numpy(chol)
-            meta["shared_logdet"] = logdet
+            # retrieval needs the precision folded into the class means (d x C); only learning
+            # more needs the statistics, from which the precision is rebuilt
+            W, b = self.linear_retrieval()
+            tensors[f"{prefix}shared.weight"] = torch.from_numpy(np.ascontiguousarray(W))
+            tensors[f"{prefix}shared.bias"] = torch.from_numpy(np.ascontiguousarray(b))
             tensors.update(self.stats.state(f"{prefix}stats."))
         meta.update(shrinkage_sum=self.shrinkage_sum)
         return tensors, meta
@@ -348,8 +387,11 @@ class TaskSignatures:
         has_stats = f"{prefix}stats.count" in tensors
         self.stats = ClassStats.from_state(tensors, f"{prefix}stats.") if has_stats else None
         self.shrinkage_sum = float(meta["shrinkage_sum"])
-        self._shared = self._shared_prec = self._whitened = None
-        if f"{prefix}shared.prec_chol" in tensors:
+        self._shared = self._shared_prec = self._whitened = self._linear = None
+        if f"{prefix}shared.weight" in tensors:
+            self._linear = (tensors[f"{prefix}shared.weight"].numpy().astype(np.float64),
+                            tensors[f"{prefix}shared.bias"].numpy().astype(np.float64))
+        if f"{prefix}shared.prec_chol" in tensors:  # models saved before the linear form
             self._shared = (tensors[f"{prefix}shared.prec_chol"].numpy(),
                             float(meta["shared_logdet"]))
 

@@ -26,6 +26,7 @@ import fcntl
 import fnmatch
 import hashlib
 import json
+import math
 import os
 import shutil
 import tempfile
@@ -173,6 +174,14 @@ def save_model(path: str | Path, *, learner, spec: SaveSpec, fresh: bool = False
     if narrowed:
         files = {name: {k: v.float() if k in narrowed else v for k, v in part.items()}
                  for name, part in files.items()}
+    # symmetric d x d statistics (Gram matrices, scatters): the upper triangle alone
+    symmetric = tuple(getattr(learner, "symmetric_keys", ())) if compact else ()
+    packed = sorted(k for part in files.values() for k, v in part.items()
+                    if v.ndim == 2 and v.shape[0] == v.shape[1] and v.shape[0] > 1
+                    and any(fnmatch.fnmatchcase(k, p) for p in symmetric))
+    if packed:
+        files = {name: {k: pack_symmetric(v) if k in packed else v for k, v in part.items()}
+                 for name, part in files.items()}
     path.mkdir(parents=True, exist_ok=True)
     with (locked(path) if hold_lock else contextlib.nullcontext()):
         manifest = _read_top(path) if (path / MANIFEST).exists() and not fresh else None
@@ -198,6 +207,7 @@ def save_model(path: str | Path, *, learner, spec: SaveSpec, fresh: bool = False
                 "class_names": spec.class_names, "class_order": spec.class_order,
                 "learner_state": meta, "files": described, "serve_only": serve_only,
                 "stored_float32": narrowed,  # float64 tensors kept as float32 (compact)
+                "stored_packed": packed,  # symmetric matrices kept as their upper triangle
                 **({"session_state": session_meta} if session else {}),
                 **({"run_state": run_state} if run_state is not None else {}),
                 **(spec.extra or {}),
@@ -311,9 +321,31 @@ def read_tensors(manifest: dict, parts: tuple[str, ...] = (SERVE, GROW), verify:
             out.update(load_file(file))
         except Exception as exc:  # safetensors raises its own error types
             raise ModelDirError(f"{file}: cannot read tensors: {exc}") from None
+    for key in manifest.get("stored_packed", []):  # compact storage: the whole matrix again
+        if key in out:
+            out[key] = unpack_symmetric(out[key])
     for key in manifest.get("stored_float32", []):  # compact storage: back to the learner's dtype
         if key in out:
             out[key] = out[key].double()
+    return out
+
+
+def pack_symmetric(matrix: torch.Tensor) -> torch.Tensor:
+    """The upper triangle of a symmetric matrix, row by row (d (d + 1) / 2 values)."""
+    d = matrix.shape[0]
+    return matrix[torch.ones(d, d, dtype=torch.bool).triu()]
+
+
+def unpack_symmetric(values: torch.Tensor) -> torch.Tensor:
+    """Inverse of :func:`pack_symmetric`: the symmetric matrix."""
+    d = int(round((math.sqrt(8 * values.numel() + 1) - 1) / 2))
+    if d * (d + 1) // 2 != values.numel() or values.ndim != 1:
+        raise ModelDirError(f"a packed symmetric matrix has {values.numel()} values, which is "
+                            "no triangle")
+    upper = torch.ones(d, d, dtype=torch.bool).triu()
+    out = values.new_zeros(d, d)
+    out[upper] = values
+    out.T[upper] = values  # the lower triangle mirrors the upper one
     return out
 
 

@@ -121,6 +121,9 @@ class Learner(ABC):
     #: patterns of float64 state tensors that a compact model stores as float32 with the same
     #: predictions (sums and Gram matrices, not bases whose eigenvectors a rounding may flip)
     compact_keys: ClassVar[tuple[str, ...]] = ()
+    #: patterns of symmetric square state tensors (Gram matrices, scatters) that a compact model
+    #: stores as their upper triangle
+    symmetric_keys: ClassVar[tuple[str, ...]] = ()
 
     def __init__(self, options: Options, backbone: Backbone, seed: int = 0):
         self.options = options

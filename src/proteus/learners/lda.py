@@ -51,6 +51,7 @@ class LDA(Learner):
     options_model = LDAOptions
     grow_keys = ("lda.M", "lda.v", "lda.sum")
     compact_keys = ("lda.*",)
+    symmetric_keys = ("lda.M",)
 
     def __init__(self, options: LDAOptions, backbone, seed: int = 0):
         super().__init__(options, backbone, seed)

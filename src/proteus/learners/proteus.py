@@ -76,6 +76,7 @@ class Proteus(LowRankLearner):
     capabilities = Capabilities(infers_task=True)
     grow_keys = ("head.G", "head.Q", "sig.stats.*")
     compact_keys = ("head.*", "sig.*")
+    symmetric_keys = ("head.G", "sig.stats.scatter")
 
     def __init__(self, options: ProteusOptions, backbone, seed: int = 0):
         super().__init__(options, backbone, seed)
@@ -204,7 +205,7 @@ class Proteus(LowRankLearner):
         if o.signature_space == "frozen":
             if features is None:
                 features, _ = self._signature_features(data, ctx)
-            scores = self.signatures.scores(features)
+            scores = self.signatures.retrieval_scores(features)
         else:
             scores = np.stack([self.signatures.task_scores(
                 self._embed(data.items, k, ctx.batch_size, prefix), k) for k in range(n_tasks)], 1)

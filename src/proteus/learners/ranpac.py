@@ -41,6 +41,7 @@ class RanPAC(Learner):
     options_model = RanPACOptions
     grow_keys = ("head.G", "head.Q")
     compact_keys = ("head.*",)
+    symmetric_keys = ("head.G",)
 
     def __init__(self, options: RanPACOptions, backbone, seed: int = 0):
         super().__init__(options, backbone, seed)
