@@ -44,6 +44,7 @@ from proteus.backbones import embed  # noqa: E402
 from proteus.config import Component, load_config  # noqa: E402
 from proteus.data import DATASETS, LabeledData  # noqa: E402
 from proteus.learners import LEARNERS  # noqa: E402
+from proteus.learners.proteus import Proteus  # noqa: E402
 from proteus.storage import GROW, SERVE, read_manifest, save_model  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -189,13 +190,52 @@ def main(argv: list[str] | None = None) -> int:
               "n_images": len(images), "repeats": args.repeats, "epochs": args.epochs,
               "per_class": args.per_class, "learner": config.learner.resolved(),
               "backbone": config.backbone.resolved(), "rows": rows,
-              "learn_s_per_task": learn_s}
+              "learn_s_per_task": learn_s, "paper_scale": paper_scale_bytes()}
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=1) + "\n")
     console.print(table(result))
     if not args.no_doc:
         (ROOT / "docs/performance.md").write_text(render(result, _longer_runs()))
     return 0
+
+
+class _PaperScaleState:
+    """PROTEUS's growth statistics at the paper's scale (ViT-B/16: d = 768, M = 10,000 random
+    features, 200 classes, class-Gaussian signatures on the embedding), with PROTEUS's storage
+    rules, so that ``save_model`` writes them exactly as it would a real model's."""
+
+    grow_keys = Proteus.grow_keys
+    compact_keys = Proteus.compact_keys
+    symmetric_keys = Proteus.symmetric_keys
+
+    def __init__(self, d: int, m: int, classes: int):
+        from proteus.heads import RidgeHead
+        from proteus.stats import ClassStats
+
+        self.head = RidgeHead(d, m, seed=0)
+        self.head.Q = torch.zeros(m, classes, dtype=torch.float64)
+        self.head.W_out = torch.zeros(m, classes, dtype=torch.float64)
+        self.stats = ClassStats(d, classes)
+
+    def state(self):
+        tensors, meta = self.head.state()
+        tensors.update(self.stats.state("sig.stats."))
+        return tensors, {"head": meta, "tasks_learned": 10}
+
+
+def paper_scale_bytes(d: int = 768, m: int = 10_000, classes: int = 200) -> dict:
+    """Bytes of the growth part PROTEUS saves at paper scale (written and measured; the
+    statistics' values do not change their size)."""
+    from proteus.storage import SaveSpec
+
+    learner = _PaperScaleState(d, m, classes)
+    spec = SaveSpec(backbone_config={}, backbone_fingerprint="", learner_config={},
+                    class_names=[str(c) for c in range(classes)],
+                    class_order=list(range(classes)))
+    with tempfile.TemporaryDirectory() as tmp:
+        save_model(Path(tmp) / "m", learner=learner, spec=spec, fresh=True)
+        files = read_manifest(Path(tmp) / "m")["files"]
+    return {"d": d, "M": m, "classes": classes, "grow_bytes": files[GROW]["bytes"]}
 
 
 def _longer_runs() -> list[dict]:
@@ -264,22 +304,30 @@ def render(result: dict, longer: list[dict] | None = None) -> str:
               "| target | measured | met |", "|---|---|---|"]
     for name, value, ok in targets(result):
         lines.append(f"| {name} | {value} | {'yes' if ok else 'no'} |")
-    lines += ["", "Why the missed ones are missed, in the current default:", "",
-              "- *Predict*: retrieval reads frozen features of every block, the adapted ones "
-              "included, so the stages that carry units run twice (frozen for retrieval, adapted "
-              "for the class); everything else runs once. The cost is one pass plus the adapted "
-              "stages' share of it, whatever T is.",
-              "- *Serving part*: the shared precision factor is d x d over the multi-block "
-              "signature features (d = 3,088 on this preset); in float32 that alone is above the "
-              "target. Meeting it needs a smaller signature space (a projection, or a low-rank "
-              "plus diagonal precision), a change of the default that the evidence issue settles "
-              "first.",
-              "- *Growth part*: the class scatter (d x d) and the ridge Gram (M x M, M = 2,048 "
-              "here) in float32.",
-              "- *Peak RSS*: d x d float64 temporaries while the shared precision is refactored "
-              "after each task and while a checkpoint is serialised, on top of the libraries.",
-              ""]
+    missed = [name for name, _, ok in targets(result) if not ok]
+    if missed:
+        lines += ["", "Why the missed ones are missed, in the current default:", ""]
+        lines += [f"- *{name}*: {why}" for name, why in REASONS.items()
+                  if any(m.startswith(name) for m in missed)]
+        lines.append("")
     return "\n".join(lines) + "\n"
+
+
+#: why a target is missed (printed for the missed ones only), keyed by the target's first words
+REASONS = {
+    "predict / plain pass": "retrieval reads frozen features of every block, the adapted ones "
+    "included, so the stages that carry units run twice (frozen for retrieval, adapted for the "
+    "class); everything else runs once. The cost is one pass plus the adapted stages' share of "
+    "it, whatever T is.",
+    "growth part": "the class scatter (d x d over the multi-block signature features) and the "
+    "ridge Gram (M x M), each stored as a float32 upper triangle.",
+    "paper-scale growth part": "the ridge Gram alone is M (M + 1) / 2 float32 values: 200 MB at "
+    "M = 10,000. It fits 100 MB for M <= 7,071 (a smaller M at equal accuracy, to be measured "
+    "on the paper's benchmarks with a GPU) or with a factorised Gram; neither is the default.",
+    "peak RSS": "the libraries (torch, transformers) hold about 0.5 GB before any work; on top, "
+    "the frozen-feature and frozen-stage caches of the run and d x d float64 temporaries while "
+    "the shared precision is refactored after each task.",
+}
 
 
 def targets(result: dict) -> list[tuple[str, str, bool]]:
@@ -298,6 +346,10 @@ def targets(result: dict) -> list[tuple[str, str, bool]]:
                 at["serve_bytes"] <= 15e6))
     out.append(("growth part <= 40 MB", f"{at['grow_bytes'] / 1e6:.1f} MB",
                 at["grow_bytes"] <= 40e6))
+    paper = result.get("paper_scale")
+    if paper:
+        out.append((f"paper-scale growth part (d = {paper['d']}, M = {paper['M']:,}) <= 100 MB",
+                    f"{paper['grow_bytes'] / 1e6:.1f} MB", paper["grow_bytes"] <= 100e6))
     peak = max(r["peak_rss_mb"] for r in result["rows"])
     out.append(("peak RSS <= 1 GB (this benchmark's process)", f"{peak:.0f} MB", peak <= 1024))
     return out
