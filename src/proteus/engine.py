@@ -124,8 +124,9 @@ def _run(config: RunConfig, console: Console | None, resume: bool, group: dist.D
         step_timing = {"task": task.index, "train_s": round(train_s, 3),
                        "eval_s": round(eval_timing["eval_s"], 3),
                        **{k: round(float(v), 3) for k, v in outcome.timing.items()}}
-        if "task_il_eval_s" in eval_timing:
-            step_timing["task_il_eval_s"] = round(eval_timing["task_il_eval_s"], 3)
+        for key in ("task_il_eval_s", "val_eval_s"):
+            if key in eval_timing:
+                step_timing[key] = round(eval_timing[key], 3)
         extras = dict(outcome.extras)
         if outcome.certificate is not None:
             # per task the summary; the clusters of the last certificate go in once, at the end
@@ -147,11 +148,15 @@ def _run(config: RunConfig, console: Console | None, resume: bool, group: dist.D
         console.print(
             f"task {task.index + 1}/{n_tasks}: accuracy on seen {line['accuracy_seen']:.4f}"
             + (f", task retrieval {retrieval:.4f}" if retrieval is not None else "")
+            + (f", validation {line['val_accuracy_seen']:.4f}" if "val_accuracy_seen" in line
+               else "")
             + f"  (train {train_s:.1f}s, eval {eval_timing['eval_s']:.1f}s)")
         if task.index < n_tasks - 1 and config.checkpoint and main:
-            _checkpoint(parts, evaluator.tracker, state, task.index + 1)
+            _checkpoint(parts, evaluator.tracker, state, task.index + 1, evaluator.val_tracker)
 
     results = _results(config, scenario, evaluator.tracker, state, learner)
+    if evaluator.val_tracker is not None:
+        results["validation"] = evaluator.validation_results()
     if group.enabled:
         results["distributed"] = {"world_size": group.world, "backend": group.backend}
     if not main:
@@ -174,9 +179,12 @@ def _fault(point: str, task: int, rank: int = 0) -> None:
         os.kill(os.getpid(), signal.SIGKILL)
 
 
-def _checkpoint(parts: Run, tracker: AccuracyTracker, state: dict, next_task: int) -> None:
+def _checkpoint(parts: Run, tracker: AccuracyTracker, state: dict, next_task: int,
+                val_tracker: AccuracyTracker | None = None) -> None:
     run_state = {"next_task": next_task, "config": parts.config.resolved(),
                  "tracker": tracker.state(), **state}
+    if val_tracker is not None:
+        run_state["val_tracker"] = val_tracker.state()
     save_model(parts.run_dir / CHECKPOINT, learner=parts.learner, spec=save_spec(parts),
                fresh=True, keep=1, session=True, run_state=run_state, compact=False,
                note=f"checkpoint after task {next_task - 1}")
@@ -206,6 +214,8 @@ def _restore(parts: Run, evaluator: Evaluator) -> tuple[int, dict]:
                                manifest.get("session_state") or {},
                                parts.scenario.tasks[:next_task])
     evaluator.tracker = AccuracyTracker.from_state(run_state["tracker"])
+    if "val_tracker" in run_state:
+        evaluator.val_tracker = AccuracyTracker.from_state(run_state["val_tracker"])
     return next_task, {k: run_state[k] for k in ("timing", "extras", "lines",
                                                  "last_certificate")}
 
@@ -225,7 +235,9 @@ def _results(config: RunConfig, scenario, tracker: AccuracyTracker, state: dict,
         "class_order": scenario.class_order,
         "class_names": scenario.class_names,
         "tasks": [{"index": t.index, "classes": t.classes, "num_train": len(t.train),
-                   "num_test": len(t.test)} for t in scenario.tasks],
+                   "num_test": len(t.test),
+                   **({"num_val": len(t.val)} if t.val is not None else {})}
+                  for t in scenario.tasks],
         "accuracy_matrix": [[None if np.isnan(v) else float(v) for v in row] for row in acc],
         "accuracy_seen": [float(v) for v in tracker.accuracy_seen()],
         "metrics": tracker.summary(),

@@ -23,10 +23,18 @@ from .metrics import AccuracyTracker
 class Evaluator:
     scenario: Scenario
     tracker: AccuracyTracker = field(default=None)
+    #: the same on the validation samples (scenario.val_fraction); None without them
+    val_tracker: AccuracyTracker | None = field(default=None)
 
     def __post_init__(self) -> None:
         if self.tracker is None:
             self.tracker = AccuracyTracker(len(self.scenario.tasks))
+        if self.val_tracker is None and self.has_validation:
+            self.val_tracker = AccuracyTracker(len(self.scenario.tasks))
+
+    @property
+    def has_validation(self) -> bool:
+        return all(t.val is not None and len(t.val) for t in self.scenario.tasks)
 
     def after_task(self, task: Task, learner: Learner, ctx: Context,
                    amp: Callable[[], ContextManager]) -> dict[str, float]:
@@ -45,6 +53,20 @@ class Evaluator:
         if pred.tasks is not None:
             self.tracker.record_retrieval(true_task, np.asarray(pred.tasks))
         timing = {"eval_s": time.perf_counter() - t0}
+        if self.val_tracker is not None:  # the same model on the held-out training samples
+            t0 = time.perf_counter()
+            val = stack([t.val for t in seen])
+            val_task = np.concatenate([np.full(len(t.val), t.index) for t in seen])
+            with amp():
+                vpred = _predict_parts(lambda part: learner.predict(part, ctx), val)
+            right = vpred.classes == val.labels
+            for t in seen:
+                mask = val_task == t.index
+                self.val_tracker.record(task.index, t.index, int(right[mask].sum()),
+                                        int(mask.sum()))
+            if vpred.tasks is not None:
+                self.val_tracker.record_retrieval(val_task, np.asarray(vpred.tasks))
+            timing["val_eval_s"] = time.perf_counter() - t0
         if task.index == len(self.scenario.tasks) - 1:  # task-IL once, at the end
             t0 = time.perf_counter()
             classes = [t.classes for t in self.scenario.tasks]
@@ -61,9 +83,25 @@ class Evaluator:
     def line(self, task: Task) -> dict[str, Any]:
         """The metrics of the step just evaluated (one ``metrics.jsonl`` line, timing aside)."""
         acc = self.tracker.accuracy_matrix()
-        return {"task": task.index, "accuracy_seen": float(self.tracker.accuracy_seen()[-1]),
+        line = {"task": task.index, "accuracy_seen": float(self.tracker.accuracy_seen()[-1]),
                 "accuracy_per_task": [float(acc[i, task.index]) for i in range(task.index + 1)],
                 "task_retrieval_accuracy": self.tracker.summary().get("task_retrieval_accuracy")}
+        if self.val_tracker is not None:
+            line["val_accuracy_seen"] = float(self.val_tracker.accuracy_seen()[-1])
+            line["val_task_retrieval_accuracy"] = self.val_tracker.summary().get(
+                "task_retrieval_accuracy")
+        return line
+
+    def validation_results(self) -> dict[str, Any] | None:
+        """The validation counterpart of the test metrics (no task-IL), for results.json."""
+        if self.val_tracker is None:
+            return None
+        acc = self.val_tracker.accuracy_matrix()
+        return {"accuracy_matrix": [[None if np.isnan(v) else float(v) for v in row]
+                                    for row in acc],
+                "accuracy_seen": [float(v) for v in self.val_tracker.accuracy_seen()],
+                "metrics": self.val_tracker.summary(),
+                "num_samples": int(sum(len(t.val) for t in self.scenario.tasks))}
 
 
 def _predict_parts(predict: Callable[..., Any], test, with_rows: bool = False) -> Prediction:

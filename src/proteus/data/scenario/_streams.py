@@ -11,7 +11,7 @@ import numpy as np
 
 
 # purposes of the random streams: per class (split, caps, recurrence split) or per task (mixing)
-_SPLIT, _TRAIN_CAP, _TEST_CAP, _MIX, _RECUR, _RECUR_TRAIN, _RECUR_TEST = range(7)
+_SPLIT, _TRAIN_CAP, _TEST_CAP, _MIX, _RECUR, _RECUR_TRAIN, _RECUR_TEST, _VAL = range(8)
 
 
 def _rng(seed: int, cls: int, purpose: int) -> np.random.Generator:

@@ -93,7 +93,8 @@ def _check_reuse(data: LabeledData, o: ScenarioOptions, manifest: dict, path: st
     # options that say which scenario is wanted must agree with the manifest's, when set
     for key, value, default in (("tasks_by", o.tasks_by, "classes"),
                                 ("similarity_mix", o.similarity_mix, None),
-                                ("recurrence", o.recurrence, 0)):
+                                ("recurrence", o.recurrence, 0),
+                                ("val_fraction", o.val_fraction, 0.0)):
         recorded = manifest.get(key, default)
         if value != default and value != recorded:
             raise ConfigError(f"scenario: {key}={value!r} but manifest {path} was built with "

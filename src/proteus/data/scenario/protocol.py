@@ -40,7 +40,7 @@ from typing import Literal
 import numpy as np
 
 from proteus.data.base import DataError, LabeledData
-from proteus.data.scenario._streams import _SPLIT, _TEST_CAP, _TRAIN_CAP, _rng
+from proteus.data.scenario._streams import _SPLIT, _TEST_CAP, _TRAIN_CAP, _VAL, _rng
 from proteus.data.scenario.manifest import (
     MANIFEST_VERSION,
     MIXED_MANIFEST_VERSION,
@@ -62,6 +62,9 @@ class ScenarioOptions(Options):
     train_per_class: int | None = None  # seeded cap on train samples per class
     test_per_class: int | None = None  # seeded cap on test samples per class
     test_fraction: float = 0.2  # per-class split for samples without an official split
+    # seeded per-class share of each class's training samples held out for validation (0: none);
+    # the test samples are the same whatever it is
+    val_fraction: float = 0.0
     split_seed: int | None = None  # None -> the run seed
     manifest: str | None = None  # reuse a saved split manifest instead of building one
     # "dataset": one task per "<dataset>/" class-name prefix (VTAB-5T large, VTAB-19T);
@@ -84,6 +87,8 @@ class Task:
     own_classes: list[int] | None = None  # classes whose test data this task holds; None: classes
     dataset: str | None = None  # tasks_by dataset: the source dataset
     recurrence_of: int | None = None  # a recurring task: index of the task's first occurrence
+    # held out of train by scenario.val_fraction (own classes); None without a validation split
+    val: LabeledData | None = None
 
     def __post_init__(self) -> None:
         if self.own_classes is None:
@@ -145,11 +150,19 @@ def _build(data: LabeledData, o: ScenarioOptions, seed: int) -> Scenario:
         blocks = [order[t * per_task:(t + 1) * per_task] for t in range(len(order) // per_task)]
     position = {c: p for p, c in enumerate(order)}
     splits = {c: _split_class(data, c, o, split_seed) for c in order}
+    vals = {}
+    if o.val_fraction:  # from the training samples only: the test samples stay as they are
+        for c in order:
+            train, test = splits[c]
+            held = _validation(train, o.val_fraction, split_seed, c)
+            vals[c] = held
+            splits[c] = (sorted(set(train) - set(held)), test)
     tasks = []
     for t, block in enumerate(blocks):
         spec = {"index": t, "classes": [position[c] for c in block], "original_classes": block,
                 "train_ids": sorted(i for c in block for i in splits[c][0]),
                 "test_ids": sorted(i for c in block for i in splits[c][1]),
+                **({"val_ids": sorted(i for c in block for i in vals[c])} if vals else {}),
                 # what each class actually got (a cap larger than a class keeps what it has)
                 "train_counts": [len(splits[c][0]) for c in block],
                 "test_counts": [len(splits[c][1]) for c in block]}
@@ -173,6 +186,7 @@ def _build(data: LabeledData, o: ScenarioOptions, seed: int) -> Scenario:
         "class_order_seed": (None if by_dataset else
                              seed if o.class_order_seed is None else o.class_order_seed),
         "split_seed": split_seed,
+        **({"val_fraction": o.val_fraction} if o.val_fraction else {}),
         "tasks_by": o.tasks_by,
         **({"datasets": datasets} if by_dataset else {}),
         **extra,
@@ -215,6 +229,8 @@ def _check_options(o: ScenarioOptions, seed: int) -> None:
             raise ConfigError(f"scenario: '{key}' must be at least 1, got {value}")
     if not 0.0 < o.test_fraction < 1.0:
         raise ConfigError(f"scenario: 'test_fraction' must lie in (0, 1), got {o.test_fraction}")
+    if not 0.0 <= o.val_fraction < 1.0:
+        raise ConfigError(f"scenario: 'val_fraction' must lie in [0, 1), got {o.val_fraction}")
     for key, value in (("seed", seed), ("class_order_seed", o.class_order_seed),
                        ("split_seed", o.split_seed)):
         if value is not None and value < 0:
@@ -276,6 +292,16 @@ def _split_class(data: LabeledData, cls: int, o: ScenarioOptions, seed: int):
     return train.tolist(), test.tolist()
 
 
+def _validation(train: list[int], fraction: float, seed: int, cls: int) -> list[int]:
+    """The seeded share ``fraction`` of one class's training ids held out for validation (at
+    least one where the class has two or more; never all of them)."""
+    if len(train) < 2:
+        return []
+    n_val = min(len(train) - 1, max(1, round(fraction * len(train))))
+    return sorted(_rng(seed, cls, _VAL).choice(np.asarray(train), size=n_val,
+                                               replace=False).tolist())
+
+
 def _cap(ids: np.ndarray, cap: int | None, rng: np.random.Generator) -> np.ndarray:
     if cap is None or len(ids) <= cap:
         return ids
@@ -330,8 +356,11 @@ def _assemble(data: LabeledData, manifest: dict, where: str) -> Scenario:
         if overlap:
             raise DataError(f"{where}: tasks[{t}] has ids in both train and test, "
                             f"e.g. {overlap[:5]}")
+        keys = [("train_ids", classes), ("test_ids", own)]
+        if "val_ids" in spec:
+            keys.append(("val_ids", own))
         parts = []
-        for key, allowed in (("train_ids", classes), ("test_ids", own)):
+        for key, allowed in keys:
             missing = [i for i in spec[key] if i not in index_of]
             if missing:
                 raise DataError(f"{where}: tasks[{t}].{key} has ids not in the data, e.g. "
@@ -345,12 +374,19 @@ def _assemble(data: LabeledData, manifest: dict, where: str) -> Scenario:
                                 f"task's {what}")
             parts.append(part.with_labels(relabelled, names))
         tasks.append(Task(t, classes, parts[0], parts[1], own_classes=own,
-                          dataset=spec.get("dataset"), recurrence_of=recurs))
+                          dataset=spec.get("dataset"), recurrence_of=recurs,
+                          val=parts[2] if len(parts) > 2 else None))
     trained = {i for spec in manifest["tasks"] for i in spec["train_ids"]}
-    leaked = sorted(trained & {i for spec in manifest["tasks"] for i in spec["test_ids"]})
+    tested = {i for spec in manifest["tasks"] for i in spec["test_ids"]}
+    leaked = sorted(trained & tested)
     if leaked:
         raise DataError(f"{where}: ids that one task tests on are in some task's training set, "
                         f"e.g. {leaked[:5]}")
+    validated = {i for spec in manifest["tasks"] for i in spec.get("val_ids", ())}
+    mixed = sorted(validated & (trained | tested))
+    if mixed:
+        raise DataError(f"{where}: validation ids are also training or test ids, "
+                        f"e.g. {mixed[:5]}")
     return Scenario(tasks, order, names, manifest)
 
 

@@ -182,6 +182,7 @@ def _mix(tasks: list[dict], datasets: list[str], splits: dict, position: dict[in
             "own_classes": spec["classes"],
             "train_ids": sorted(int(i) for ids in drawn.values() for i in ids),
             "test_ids": spec["test_ids"],
+            **({"val_ids": spec["val_ids"]} if "val_ids" in spec else {}),
             "train_counts": [len(drawn[c]) for c in exposed],
             "own_test_counts": spec["test_counts"],  # aligned with own_classes
             "composition": composition,
