@@ -150,6 +150,28 @@ def test_ablations_run(runs, name):
     assert not (runs[name]["dir"] / "model").exists()  # save_model: false
 
 
+def test_every_task_reports_how_far_its_units_moved(runs):
+    """Instrumentation (metrics.jsonl and results.json extras, plot in the report): the units
+    move (a relative weight update and an embedding change above zero), the cross-entropy and
+    each penalty are apart, and alpha 0 gives no transfer weight at all."""
+    per_task = runs["base"]["results"]["extras"]["per_task"]
+    for k, extras in enumerate(per_task):
+        units = extras["units"]
+        assert len(units["loss_curve"]) == LEARNER["epochs"] and units["ce"] > 0
+        assert units["delta_w_rel"]["max"] >= units["delta_w_rel"]["mean"] > 0
+        assert len(units["delta_w_rel_per_target"]) > 0
+        assert units["embedding_change"]["mean"] > 0
+        # penalties act from the second task on, when there is a pool to be orthogonal to
+        assert sorted(units["penalties"]) == ([] if k == 0 else ["orthogonality", "transfer"])
+    assert per_task[0]["units"]["alpha_w_norm"]["max"] == 0.0  # task 0 has no pool
+    assert per_task[-1]["units"]["alpha_w_norm"]["max"] > 0
+    alpha0 = runs["alpha0"]["results"]["extras"]["per_task"]
+    assert all(e["units"]["alpha_w_norm"]["max"] == 0.0 for e in alpha0)
+    line = json.loads((runs["base"]["dir"] / "metrics.jsonl").read_text().splitlines()[-1])
+    assert line["extras"]["units"]["delta_w_rel"] == per_task[-1]["units"]["delta_w_rel"]
+    assert (runs["base"]["dir"] / "units.png").stat().st_size > 0
+
+
 def _scenario(raw: dict, manifest: Path | None = None):
     run = assembled(raw, manifest, backbone=False, learner=False)
     return run.config, run.scenario

@@ -23,6 +23,7 @@ import matplotlib
 # Reports are written from training jobs and CLIs without a display.
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
+from matplotlib.ticker import MaxNLocator  # noqa: E402
 import numpy as np  # noqa: E402
 from rich.console import Console  # noqa: E402
 from rich.table import Table  # noqa: E402
@@ -35,6 +36,7 @@ MATRIX_PLOT = "accuracy_matrix.png"
 CURVE_PLOT = "accuracy_curve.png"
 CONFUSION_PLOT = "retrieval_confusion.png"
 CERTIFICATE_PLOT = "certificate_delta.png"
+UNITS_PLOT = "units.png"
 # Past this many tasks, per-cell numbers overlap and hide the heat-map they annotate.
 MAX_ANNOTATED_TASKS = 25
 MISSING = "—"
@@ -401,6 +403,43 @@ def _report_md(results: dict, acc: np.ndarray, seen: np.ndarray, plots: list[Pat
 # public API
 
 
+def _plot_units(units: list[dict | None], path: Path, title: str) -> None:
+    """Per task: how far the low-rank units moved (relative weight update, embedding change,
+    transfer weights) and the loss terms at the end of training (cross-entropy, penalties)."""
+    fig, (move, loss) = plt.subplots(1, 2, figsize=(11, 4))
+    tasks = [k for k, u in enumerate(units) if u]
+
+    def series(get):
+        return [get(units[k]) for k in tasks]
+
+    move.plot(tasks, series(lambda u: u["delta_w_rel"]["mean"]), marker="o",
+              label="||dW|| / ||W||, mean over targets")
+    move.plot(tasks, series(lambda u: u["delta_w_rel"]["max"]), marker=".", linestyle="--",
+              label="||dW|| / ||W||, largest target")
+    move.plot(tasks, series(lambda u: u["embedding_change"]["mean"]), marker="s",
+              label="||h_k - h|| / ||h||, mean")
+    move.plot(tasks, series(lambda u: u["alpha_w_norm"]["mean"]), marker="^",
+              label="||alpha w||, mean over layers")
+    move.set_xlabel("task")
+    move.set_ylabel("relative size")
+    move.set_yscale("symlog", linthresh=1e-4)
+    move.grid(alpha=0.3)
+    move.legend(fontsize=7)
+    loss.plot(tasks, series(lambda u: u.get("ce")), marker="o", label="cross-entropy")
+    for name in sorted({n for k in tasks for n in (units[k].get("penalties") or {})}):
+        loss.plot(tasks, series(lambda u: (u.get("penalties") or {}).get(name, np.nan)),
+                  marker=".", label=f"{name} penalty (weighted)")
+    loss.set_xlabel("task")
+    loss.set_ylabel("last epoch mean")
+    loss.set_yscale("log")
+    loss.grid(alpha=0.3)
+    loss.legend(fontsize=7)
+    for ax in (move, loss):
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    fig.suptitle(f"{title}: low-rank units")
+    _save_figure(fig, path)
+
+
 def write_report(run_dir: Path, results: dict) -> list[Path]:
     """Write the plots, then ``report.md``, into ``run_dir``; return the paths written."""
     if not isinstance(results, dict):
@@ -430,6 +469,11 @@ def write_report(run_dir: Path, results: dict) -> list[Path]:
     if clusters:
         _plot_certificate(clusters, run_dir / CERTIFICATE_PLOT, title)
         plots.append(run_dir / CERTIFICATE_PLOT)
+    per_task = (results.get("extras") or {}).get("per_task") or []
+    units = [e.get("units") if isinstance(e, dict) else None for e in per_task]
+    if any(units):
+        _plot_units(units, run_dir / UNITS_PLOT, title)
+        plots.append(run_dir / UNITS_PLOT)
 
     report = run_dir / REPORT_FILE
     _atomic_write(report, _report_md(results, acc, seen, plots).encode("utf-8"))
@@ -444,6 +488,13 @@ def summary_table(results: dict) -> Table:
     metrics = results.get("metrics") or {}
     for key, label in METRIC_LABELS.items():
         table.add_row(label, _percent(metrics.get(key)))
+    validation = (results.get("validation") or {}).get("metrics") or {}
+    if validation:  # scenario.val_fraction: the same model on held-out training samples
+        table.add_section()
+        for key in ("final_accuracy", "average_incremental_accuracy",
+                    "task_retrieval_accuracy"):
+            if key in validation and key in METRIC_LABELS:
+                table.add_row(f"validation: {METRIC_LABELS[key]}", _percent(validation[key]))
     timing = results.get("timing") or []
     if timing:
         total = sum(_step_seconds(e) for e in timing)

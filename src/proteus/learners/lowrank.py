@@ -192,8 +192,10 @@ class LowRankLearner(Learner):
         # augmentations come from a stream of its own (the batch's other rows are not its own)
         aug_gen = (generator(seed, RUN, "augment", group.rank) if group.enabled and o.augment
                    else gen)
+        # per epoch: mean total loss, cross-entropy and each extra term (a training curve)
+        self.fit_trace: dict[str, list] = {"loss": [], "ce": [], "terms": []}
         for _ in range(o.epochs):
-            order, losses = torch.randperm(n, generator=gen), []
+            order, losses, ces, terms = torch.randperm(n, generator=gen), [], [], []
             for b in self._batches(n, o.batch_size):
                 batch = order[b]
                 rows = batch[group.part(len(batch))] if group.enabled else batch
@@ -208,9 +210,13 @@ class LowRankLearner(Learner):
                     loss = nn.functional.cross_entropy(head(self._batch_features(
                         prefix, items, rows, aug_gen)), labels[rows])
                     shared = 1.0
+                ces.append(loss.detach() if not group.enabled else all_reduce(loss.detach()))
+                step_terms = []
                 if extra_loss is not None:
                     for term in extra_loss():
                         loss = loss + shared * term
+                        step_terms.append(term.detach())
+                terms.append(step_terms)
                 optimiser.zero_grad(set_to_none=True)
                 loss.backward()
                 if group.enabled:
@@ -225,6 +231,11 @@ class LowRankLearner(Learner):
                 torch.clear_autocast_cache()
                 losses.append(loss.detach())
             last = float(torch.stack(losses).mean()) if losses else last
+            if losses:
+                self.fit_trace["loss"].append(last)
+                self.fit_trace["ce"].append(float(torch.stack(ces).mean()))
+                self.fit_trace["terms"].append([float(torch.stack(t).mean())
+                                                for t in zip(*terms)] if terms[0] else [])
         return last
 
     def _batch_features(self, prefix: torch.Tensor | None, items, rows: torch.Tensor,

@@ -163,6 +163,8 @@ class Proteus(LowRankLearner):
                                   "signature_bytes": self.signatures.nbytes(k),
                                   "signature_shared_bytes": self.signatures.shared_nbytes(),
                                   "signature_components": int(len(self.signatures.tasks[k].means))}
+        if self.pool is not None:
+            extras["units"] = self._unit_report(k, task, ctx, adapted)
         last = ctx.num_tasks is not None and k == ctx.num_tasks - 1
         cert = None
         if o.certificate == "every_task" or (o.certificate == "final" and last):
@@ -192,6 +194,40 @@ class Proteus(LowRankLearner):
                   derive_seed(self.seed, k, "fit"),
                   extra_loss=penalties)
         self.pool.end_task()  # the temporary head is discarded (section 5)
+
+    def _unit_report(self, k: int, task: Task, ctx: Context, adapted: np.ndarray
+                     ) -> dict[str, Any]:
+        """How much task ``k``'s units moved (METHOD.md section 5, measured): the training
+        curve with the cross-entropy and each penalty apart, ||alpha w|| per layer, the relative
+        weight update ||dW_k|| / ||W|| per target, and the relative change of the embedding
+        ||h_k - h|| / ||h|| on (up to 256 of) the task's training samples."""
+        o, trace = self.options, getattr(self, "fit_trace", {"loss": [], "ce": [], "terms": []})
+        names = [n for n, on in (("orthogonality", o.lambda_orth), ("transfer", o.lambda_reg))
+                 if on and k > 0]
+        rel, aw = {}, []
+        with torch.no_grad():
+            for name, layer in self.pool.layers.items():
+                base = layer.base.weight.detach().reshape(layer.out_features, -1).double()
+                delta = layer.delta_weight(k).double()
+                rel[name] = float(delta.norm() / base.norm().clamp_min(1e-12))
+                w = layer.task_w[k]
+                aw.append(float((o.alpha * w).norm()) if w.numel() else 0.0)
+        n = min(len(task.train), 256)
+        frozen = ctx.features(task.train.subset(np.arange(n)))
+        change = (np.linalg.norm(adapted[:n] - frozen, axis=1)
+                  / np.maximum(np.linalg.norm(frozen, axis=1), 1e-12))
+        last_terms = trace["terms"][-1] if trace["terms"] else []
+        return {
+            "loss_curve": trace["loss"], "ce_curve": trace["ce"],
+            "ce": trace["ce"][-1] if trace["ce"] else None,
+            # each penalty as it enters the loss (weight x value), beside the cross-entropy
+            "penalties": dict(zip(names, last_terms)),
+            "alpha_w_norm": {"mean": float(np.mean(aw)), "max": float(np.max(aw))},
+            "delta_w_rel": {"mean": float(np.mean(list(rel.values()))),
+                            "max": float(np.max(list(rel.values())))},
+            "delta_w_rel_per_target": rel,
+            "embedding_change": {"mean": float(change.mean()), "max": float(change.max())},
+        }
 
     # -- prediction ----------------------------------------------------------------------
     def infer_tasks(self, data: LabeledData, ctx: Context,
