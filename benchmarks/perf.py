@@ -26,6 +26,7 @@ import json
 import os
 import resource
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -97,6 +98,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--out", type=Path, default=ROOT / "docs/performance.json")
     parser.add_argument("--no-doc", action="store_true", help="do not write docs/performance.md")
+    parser.add_argument("--demo-runs", type=int, default=0, metavar="N",
+                        help="also time the demo (proteus run on the vision preset, as `make "
+                        "demo` runs it) N times in a child process: median wall time, peak RSS")
     parser.add_argument("--render-only", action="store_true",
                         help="re-render docs/performance.md from --out without measuring")
     args = parser.parse_args(argv)
@@ -191,6 +195,8 @@ def main(argv: list[str] | None = None) -> int:
               "per_class": args.per_class, "learner": config.learner.resolved(),
               "backbone": config.backbone.resolved(), "rows": rows,
               "learn_s_per_task": learn_s, "paper_scale": paper_scale_bytes()}
+    if args.demo_runs:
+        result["demo"] = time_demo(args.demo_runs)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=1) + "\n")
     console.print(table(result))
@@ -236,6 +242,30 @@ def paper_scale_bytes(d: int = 768, m: int = 10_000, classes: int = 200) -> dict
         save_model(Path(tmp) / "m", learner=learner, spec=spec, fresh=True)
         files = read_manifest(Path(tmp) / "m")["files"]
     return {"d": d, "M": m, "classes": classes, "grow_bytes": files[GROW]["bytes"]}
+
+
+def time_demo(runs: int) -> dict:
+    """Wall time and peak RSS of the demo run, each in a fresh child process (the command
+    `make demo` runs, with the progress bars off), ``runs`` times; medians."""
+    walls, rss = [], []
+    with tempfile.TemporaryDirectory() as tmp:
+        for i in range(runs):
+            # a fresh interpreter per run, so the peak RSS is that run's alone
+            code = ("import resource, subprocess, sys, time; t = time.perf_counter(); "
+                    "rc = subprocess.call(sys.argv[1:]); "
+                    "print(time.perf_counter() - t, "
+                    "resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss, rc)")
+            out = subprocess.run(
+                [sys.executable, "-c", code, sys.executable, "-m", "proteus", "run", str(PRESET),
+                 "--set", "progress=false", "--output-dir", tmp, "--name", f"demo{i}"],
+                capture_output=True, text=True, cwd=ROOT)
+            wall, peak, rc = out.stdout.split()[-3:]
+            if int(rc):
+                raise SystemExit(f"the demo run failed:\n{out.stderr[-3000:]}")
+            walls.append(float(wall))
+            rss.append(int(peak) / 1024)
+    return {"runs": runs, "wall_s": walls, "peak_rss_mb": rss,
+            "median_wall_s": statistics.median(walls), "median_peak_rss_mb": statistics.median(rss)}
 
 
 def _longer_runs() -> list[dict]:
@@ -324,6 +354,11 @@ REASONS = {
     "paper-scale growth part": "the ridge Gram alone is M (M + 1) / 2 float32 values: 200 MB at "
     "M = 10,000. It fits 100 MB for M <= 7,071 (a smaller M at equal accuracy, to be measured "
     "on the paper's benchmarks with a GPU) or with a factorised Gram; neither is the default.",
+    "demo <=": "the demo trains the units for 3 epochs on 200 images a class and embeds every "
+    "sample through EfficientNet-Lite0 at 64 px twice (frozen for the signatures, adapted for "
+    "the head); the per-task timing in its results.json says where the time goes. The default "
+    "(and so its cost) is the evidence issue's to settle first.",
+    "demo peak RSS": "as for the benchmark's process below.",
     "peak RSS": "the libraries (torch, transformers) hold about 0.5 GB before any work; on top, "
     "the frozen-feature and frozen-stage caches of the run and d x d float64 temporaries while "
     "the shared precision is refactored after each task.",
@@ -352,6 +387,12 @@ def targets(result: dict) -> list[tuple[str, str, bool]]:
                     f"{paper['grow_bytes'] / 1e6:.1f} MB", paper["grow_bytes"] <= 100e6))
     peak = max(r["peak_rss_mb"] for r in result["rows"])
     out.append(("peak RSS <= 1 GB (this benchmark's process)", f"{peak:.0f} MB", peak <= 1024))
+    demo = result.get("demo")
+    if demo:
+        out.append((f"demo <= 90 s (median of {demo['runs']})", f"{demo['median_wall_s']:.0f} s",
+                    demo["median_wall_s"] <= 90))
+        out.append(("demo peak RSS <= 1 GB", f"{demo['median_peak_rss_mb']:.0f} MB",
+                    demo["median_peak_rss_mb"] <= 1024))
     return out
 
 

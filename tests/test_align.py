@@ -67,3 +67,19 @@ def test_alignment_calibrates_heads_of_tasks_trained_apart():
     after = ((xt @ W.T + b).argmax(1).numpy() == y).mean()
     assert before < 0.8 and after > 0.9 and loss is not None
     assert W.shape == weight.shape and b.shape == bias.shape
+
+
+def test_slca_is_seq_lora_with_slow_units_and_an_aligned_head(tmp_path, one_thread):
+    """On its first task SLCA trains exactly seq-lora's units at 1/100 of the lr; CA then
+    changes the head alone (later tasks train the units against the aligned head)."""
+    def first_task(root, learner):
+        run = assembled(tiny_config_dict(root, learner=learner))
+        run.learner.learn_task(run.scenario.tasks[0], run.ctx)
+        return run.learner.state()[0]
+
+    slow = first_task(tmp_path / "seq", {"name": "seq-lora", "epochs": 1,
+                                         "unit_lr_scale": 0.01})
+    slca = first_task(tmp_path / "slca", {"name": "slca", "epochs": 1})
+    for key, value in slow.items():
+        same = torch.equal(value, slca[key])
+        assert same != key.startswith("head."), key

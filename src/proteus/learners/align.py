@@ -39,6 +39,7 @@ from .base import LEARNERS, Context, TaskOutcome
 from .inflora import InfLoRA, InfLoRAOptions
 from .o_lora import OLoRA, OLoRAOptions
 from .sd_lora import SDLoRA, SDLoRAOptions
+from .seq_lora import SeqLoRA, SeqLoRAOptions
 
 
 class AlignOptions(Options):
@@ -158,16 +159,24 @@ class AlignedHead:
         t0 = time.perf_counter()
         feats = self._adapted_features(task.train, ctx)
         self.aligner.add(feats, task.train.labels)
-        self.head_w, self.head_b, loss = self.aligner.align(
-            self.head_w, self.head_b, derive_seed(self.seed, self.tasks_learned - 1, "ca"))
+        weight, bias, loss = self.aligner.align(
+            *self._head_tensors(), derive_seed(self.seed, self.tasks_learned - 1, "ca"))
+        self._set_head_tensors(weight, bias)
         outcome.timing["align_s"] = time.perf_counter() - t0
         outcome.extras["ca_loss"] = loss
         return outcome
 
+    # a merged-LoRA baseline's head and backbone; SLCA overrides these for seq-lora's
     def _adapted_features(self, data: LabeledData, ctx: Context) -> np.ndarray:
         """Embeddings by the backbone as it is after the last task learned."""
         return self._embed(data.items, self.tasks_learned - 1, ctx.batch_size,
                            self._prefix(data.items, ctx.batch_size))
+
+    def _head_tensors(self) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.head_w, self.head_b
+
+    def _set_head_tensors(self, weight: torch.Tensor, bias: torch.Tensor) -> None:
+        self.head_w, self.head_b = weight, bias
 
     def state(self) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
         tensors, meta = super().state()
@@ -188,6 +197,41 @@ def aligned(name: str, base: type, options: type, summary: str):
         "__doc__": f"{base.__name__} with classifier alignment after every task (CA)."})
     LEARNERS.register(name, opts, summary)(cls)
     return cls
+
+
+class SLCAHead(AlignedHead):
+    """:class:`AlignedHead` on seq-lora's one set of units and ``nn.Linear`` head."""
+
+    def _adapted_features(self, data: LabeledData, ctx: Context) -> np.ndarray:
+        return self._embed(data.items, "train", ctx.batch_size,
+                           self._prefix(data.items, ctx.batch_size))
+
+    def _head_tensors(self) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.head.weight.detach(), self.head.bias.detach()
+
+    def _set_head_tensors(self, weight: torch.Tensor, bias: torch.Tensor) -> None:
+        with torch.no_grad():
+            self.head.weight.copy_(weight)
+            self.head.bias.copy_(bias)
+
+
+class SLCAOptions(SeqLoRAOptions, AlignOptions):
+    """seq-lora's options and CA's, with SLCA's slow learner: the units train at 1/100 of the
+    head's learning rate (SLCA: backbone 1e-4, classifier 1e-2, SGD; here Adam, the recipe every
+    low-rank learner shares)."""
+
+    unit_lr_scale: float = Field(0.01, gt=0)
+
+
+@LEARNERS.register("slca", SLCAOptions,
+                   "SLCA: seq-lora with a slow learning rate for the units + classifier alignment")
+class SLCA(SLCAHead, SeqLoRA):
+    """Zhang et al., "SLCA: Slow Learner with Classifier Alignment" (ICCV 2023), on this
+    project's low-rank units instead of the full backbone (SLCA fine-tunes every weight;
+    ``targets`` widens the units)."""
+
+    options_model = SLCAOptions
+    grow_keys = tuple(SeqLoRA.grow_keys) + AlignedHead.grow_keys
 
 
 InfLoRACA = aligned("inflora-ca", InfLoRA, InfLoRAOptions,

@@ -45,9 +45,14 @@ class LowRankOptions(Options):
     scale: float = 0.1  # the PROTEUS authors' code scales the whole update by 0.1
     init_std: float = 0.01
     epochs: int = Field(5, ge=0)
+    # the training budget in optimiser steps per task (overrides epochs; the last epoch stops
+    # part-way): one budget that every gradient-trained learner reads alike
+    steps_per_task: int | None = Field(None, ge=0)
     batch_size: int = Field(32, gt=0)
     lr: float = Field(1e-3, gt=0)
     grad_clip: float = 1.0
+    # the units' learning rate is lr * unit_lr_scale, the head's lr (SLCA's slow learner: 0.01)
+    unit_lr_scale: float = Field(1.0, gt=0)
     augment: bool = False  # RandomResizedCrop + flip; off caches the frozen stages below the units
 
 
@@ -185,7 +190,11 @@ class LowRankLearner(Learner):
         labels = torch.as_tensor(targets, dtype=torch.long, device=self.backbone.device)
         trained = [*params, *head.parameters()]
         clipped = trained if clip_head else params
-        optimiser = torch.optim.Adam(trained, lr=o.lr)
+        if o.unit_lr_scale == 1.0:
+            optimiser = torch.optim.Adam(trained, lr=o.lr)
+        else:
+            optimiser = torch.optim.Adam([{"params": params, "lr": o.lr * o.unit_lr_scale},
+                                          {"params": list(head.parameters()), "lr": o.lr}])
         n, last = len(labels), None
         group = active()
         # across ranks every rank draws the same epoch orders and takes its part of each batch;
@@ -194,9 +203,16 @@ class LowRankLearner(Learner):
                    else gen)
         # per epoch: mean total loss, cross-entropy and each extra term (a training curve)
         self.fit_trace: dict[str, list] = {"loss": [], "ce": [], "terms": []}
-        for _ in range(o.epochs):
+        per_epoch = -(-n // o.batch_size)
+        budget = o.steps_per_task
+        epochs = o.epochs if budget is None else -(-budget // max(per_epoch, 1))
+        steps = 0
+        for _ in range(epochs):
             order, losses, ces, terms = torch.randperm(n, generator=gen), [], [], []
             for b in self._batches(n, o.batch_size):
+                if budget is not None and steps == budget:
+                    break
+                steps += 1
                 batch = order[b]
                 rows = batch[group.part(len(batch))] if group.enabled else batch
                 if not len(rows):  # a batch smaller than the group: nothing here this step

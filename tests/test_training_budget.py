@@ -1,0 +1,50 @@
+"""The shared training loop's budget options: ``steps_per_task`` (one budget every
+gradient-trained learner reads alike) and ``unit_lr_scale`` (SLCA's slow learner)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from conftest import assembled, tiny_config_dict
+
+
+def _first_task(tmp_path, learner: dict, monkeypatch=None):
+    run = assembled(tiny_config_dict(tmp_path, learner=learner))
+    steps = []
+    if monkeypatch is not None:
+        original = torch.optim.Adam.step
+
+        def counted(self, *args, **kwargs):
+            steps.append(1)
+            return original(self, *args, **kwargs)
+
+        monkeypatch.setattr(torch.optim.Adam, "step", counted)
+    task = run.scenario.tasks[0]
+    run.learner.learn_task(task, run.ctx)
+    return run.learner, len(steps), len(task.train)
+
+
+@pytest.mark.parametrize("name", ["seq-lora", "proteus", "inflora"])
+@pytest.mark.parametrize("budget", [0, 3, 7])
+def test_steps_per_task_is_the_number_of_optimiser_steps(tmp_path, one_thread, monkeypatch,
+                                                         name, budget):
+    options = {"name": name, "epochs": 1, "batch_size": 16, "steps_per_task": budget,
+               **({"proj_dim": 128} if name == "proteus" else {})}
+    learner, steps, n = _first_task(tmp_path, options, monkeypatch)
+    assert n // 16 < 7  # 7 steps need more than one epoch here: the budget spans epochs
+    assert steps == budget
+    assert len(learner.fit_trace["loss"]) == -(-budget // -(-n // 16))  # epochs begun
+
+
+def test_slow_units_move_less_than_the_heads_learning_rate_would(tmp_path, one_thread):
+    def units(learner):
+        return torch.cat([layer.B_new.detach().flatten()
+                          for layer in learner.pool.layers.values()])
+
+    fast, _, _ = _first_task(tmp_path / "fast", {"name": "seq-lora", "epochs": 2})
+    slow, _, _ = _first_task(tmp_path / "slow", {"name": "seq-lora", "epochs": 2,
+                                                 "unit_lr_scale": 0.01})
+    # B starts at 0: its size after training scales with the units' learning rate under Adam
+    assert units(slow).norm() < 0.05 * units(fast).norm()
+    assert units(slow).norm() > 0
