@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import torch
 import pytest
 from sklearn.discriminant_analysis import LinearDiscriminantAnalysis
 
@@ -69,3 +70,24 @@ def test_constant_features_are_shrunk_as_sklearn_does(tmp_path, monkeypatch):
     np.testing.assert_allclose(run.learner.coef, reference.coef_, rtol=1e-6, atol=1e-8)
     np.testing.assert_array_equal(run.learner.predict(test, run.ctx).classes,
                                   reference.predict(table[test.ids]))
+
+
+def test_aper_adapts_on_the_first_task_only_then_streams_lda_on_adapted_features(tmp_path):
+    run = assembled(tiny_config_dict(tmp_path, learner={"name": "aper", "epochs": 2,
+                                                        "scale": 1.0}))
+    learner, ctx, tasks = run.learner, run.ctx, run.scenario.tasks
+    learner.learn_task(tasks[0], ctx)
+    units = {k: v.clone() for k, v in learner.pool.state()[0].items()}
+    assert any(v.abs().sum() > 0 for k, v in units.items() if k.endswith(".B"))  # they moved
+    for task in tasks[1:]:
+        learner.learn_task(task, ctx)
+    after = learner.pool.state()[0]
+    assert all(torch.equal(units[k], after[k]) for k in units)  # frozen after task 0
+    # the head is lda's closed form on the adapted embedding (task 0's units)
+    train = stack([t.train for t in tasks])
+    feats = learner.features(train, ctx)
+    frozen = ctx.features(train)
+    assert not np.allclose(feats, frozen)  # adapted, not the frozen embedding
+    reference = LinearDiscriminantAnalysis(solver="lsqr", shrinkage="auto").fit(feats,
+                                                                                train.labels)
+    np.testing.assert_allclose(learner.coef, reference.coef_, rtol=1e-5, atol=1e-7)
