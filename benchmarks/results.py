@@ -58,9 +58,9 @@ VARIANTS = {
 # baselines run from their presets, configs/offline/baselines/<name>-<preset>.yaml
 # (lda: the frozen-feature control, streaming shrinkage LDA on PROTEUS's retrieval features)
 BASELINES = ["simplecil", "ranpac", "seq-lora", "joint-lora", "o-lora", "inflora", "sd-lora",
-             "s-prompts", "lda", "inflora-ca", "sd-lora-ca", "o-lora-ca", "slca", "aper"]
+             "s-prompts", "lda", "inflora-ca", "sd-lora-ca", "o-lora-ca", "slca", "aper", "fecam"]
 # the analytic controls on frozen features that PROTEUS's own parts must beat
-CONTROLS = ["lda", "lda, embedding only", "aper", "ranpac", "simplecil"]
+CONTROLS = ["lda", "lda, embedding only", "fecam", "aper", "ranpac", "simplecil"]
 # diagnostic variants of a baseline: (baseline, overrides on top of its preset)
 BASELINE_VARIANTS = {
     "o-lora, CE over every seen class": ("o-lora", ["learner.head_loss=seen"]),

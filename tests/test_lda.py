@@ -91,3 +91,33 @@ def test_aper_adapts_on_the_first_task_only_then_streams_lda_on_adapted_features
     reference = LinearDiscriminantAnalysis(solver="lsqr", shrinkage="auto").fit(feats,
                                                                                 train.labels)
     np.testing.assert_allclose(learner.coef, reference.coef_, rtol=1e-5, atol=1e-7)
+
+
+def test_fecam_is_the_mahalanobis_rule_of_its_shrunk_per_class_covariances(tmp_path):
+    run = assembled(tiny_config_dict(tmp_path, learner={"name": "fecam"},
+                                     data=[{"name": "synthetic", "num_classes": 6,
+                                            "samples_per_class": 40, "image_size": 16,
+                                            "noise": 0.6, "seed": 1}]))
+    learner, ctx, tasks = run.learner, run.ctx, run.scenario.tasks
+    for task in tasks:
+        learner.learn_task(task, ctx)
+    train, test = stack([t.train for t in tasks]), stack([t.test for t in tasks])
+    x, q = ctx.features(train).astype(np.float64), ctx.features(test).astype(np.float64)
+    x /= np.linalg.norm(x, axis=1, keepdims=True)
+    q /= np.linalg.norm(q, axis=1, keepdims=True)
+    want = np.zeros((len(q), 6))
+    for c in range(6):
+        xc = x[train.labels == c]
+        cov = np.cov(xc, rowvar=False)
+        d = len(cov)
+        shrunk = cov + np.eye(d) * np.diag(cov).mean() + (1 - np.eye(d)) * (
+            (cov.sum() - np.trace(cov)) / (d * d - d))
+        shrunk /= np.sqrt(np.outer(np.diag(shrunk), np.diag(shrunk)))
+        diff = q - xc.mean(0)
+        want[:, c] = -np.einsum("nd,de,ne->n", diff, np.linalg.inv(shrunk), diff)
+    # FeCAM's off-diagonal shrinkage leaves these strongly correlated features ill-conditioned:
+    # two exact computations agree to rounding times that condition number
+    got = learner.scores(test, ctx)
+    np.testing.assert_allclose(got, want, rtol=1e-3)
+    np.testing.assert_array_equal(got.argmax(1), want.argmax(1))
+    assert (learner.predict(test, ctx).classes == test.labels).mean() > 1 / 6  # above chance

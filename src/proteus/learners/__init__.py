@@ -1,7 +1,7 @@
 """Continual learners, registered by name."""
 
 from . import (  # noqa: F401  (registers)
-    align, aper, inflora, lda, o_lora, proteus, ranpac, s_prompts, sd_lora, seq_lora, simplecil)
+    align, aper, fecam, inflora, lda, o_lora, proteus, ranpac, s_prompts, sd_lora, seq_lora, simplecil)
 from .base import (LEARNERS, Capabilities, Context, Learner, LearnerError, Prediction,
                    TaskOutcome)
 
