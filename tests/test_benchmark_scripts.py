@@ -105,3 +105,34 @@ def test_control_summary_says_when_proteus_does_not_beat_the_best_control():
     assert "+0.50, -0.20" in text  # per-seed paired differences, in points
     assert "**text**: `proteus` beats the best control, `ranpac`: mean final accuracy +15.00" \
         in text
+
+
+def test_head_swap_fits_analytic_heads_on_the_final_features(tmp_path, monkeypatch):
+    swap = _load("head_swap")
+    monkeypatch.chdir(tmp_path)
+    raw = tiny_config_dict(tmp_path / "runs", learner={"name": "inflora", "rank": 2,
+                                                       "epochs": 1, "batch_size": 16})
+    path = tmp_path / "inflora.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    from rich.console import Console
+
+    result = swap.measure(path, 1990, Console(quiet=True))
+    for key in ("own", "ncm", "ridge", "own_task_il"):
+        assert 0.0 <= result[key] <= 1.0
+    assert result["ncm"] > 1 / 6 and result["ridge"] > 1 / 6  # above chance (6 classes)
+    md = swap.render({"vision": {"inflora": {"1990": result}}})
+    assert "| inflora | 1990 |" in md and f"{100 * result['ridge']:.2f}" in md
+
+
+def test_a_baselines_embedding_is_what_its_head_reads(tmp_path):
+    from conftest import assembled
+    import numpy as np
+
+    run = assembled(tiny_config_dict(tmp_path, learner={"name": "sd-lora", "epochs": 1}))
+    learner, ctx = run.learner, run.ctx
+    for task in run.scenario.tasks[:2]:
+        learner.learn_task(task, ctx)
+    test = run.scenario.tasks[0].test
+    h = learner.embedding(test, ctx)
+    want = h @ learner.head_w.numpy().T + learner.head_b.numpy()
+    np.testing.assert_allclose(learner.scores(test, ctx), want, rtol=1e-5, atol=1e-5)

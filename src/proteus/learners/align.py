@@ -31,7 +31,6 @@ import torch
 from pydantic import Field
 from torch import nn
 
-from ..data.base import LabeledData
 from ..data.scenario import Task
 from ..registry import Options
 from ..seeding import derive_seed, generator
@@ -157,7 +156,7 @@ class AlignedHead:
     def learn_task(self, task: Task, ctx: Context) -> TaskOutcome:
         outcome = super().learn_task(task, ctx)
         t0 = time.perf_counter()
-        feats = self._adapted_features(task.train, ctx)
+        feats = self.embedding(task.train, ctx)  # the backbone as it is after the task
         self.aligner.add(feats, task.train.labels)
         weight, bias, loss = self.aligner.align(
             *self._head_tensors(), derive_seed(self.seed, self.tasks_learned - 1, "ca"))
@@ -166,12 +165,7 @@ class AlignedHead:
         outcome.extras["ca_loss"] = loss
         return outcome
 
-    # a merged-LoRA baseline's head and backbone; SLCA overrides these for seq-lora's
-    def _adapted_features(self, data: LabeledData, ctx: Context) -> np.ndarray:
-        """Embeddings by the backbone as it is after the last task learned."""
-        return self._embed(data.items, self.tasks_learned - 1, ctx.batch_size,
-                           self._prefix(data.items, ctx.batch_size))
-
+    # a merged-LoRA baseline's head; SLCA overrides these for seq-lora's nn.Linear
     def _head_tensors(self) -> tuple[torch.Tensor, torch.Tensor]:
         return self.head_w, self.head_b
 
@@ -201,10 +195,6 @@ def aligned(name: str, base: type, options: type, summary: str):
 
 class SLCAHead(AlignedHead):
     """:class:`AlignedHead` on seq-lora's one set of units and ``nn.Linear`` head."""
-
-    def _adapted_features(self, data: LabeledData, ctx: Context) -> np.ndarray:
-        return self._embed(data.items, "train", ctx.batch_size,
-                           self._prefix(data.items, ctx.batch_size))
 
     def _head_tensors(self) -> tuple[torch.Tensor, torch.Tensor]:
         return self.head.weight.detach(), self.head.bias.detach()

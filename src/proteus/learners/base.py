@@ -185,6 +185,12 @@ class Learner(ABC):
         scores = self.scores(data, ctx)
         return None if scores is None else argmax_within_task(scores, tasks, task_classes)
 
+    def embedding(self, data: LabeledData, ctx: Context) -> np.ndarray | None:
+        """The embedding this learner's head reads now, for every input alike (head-swap
+        controls, classifier alignment); None where there is no one embedding (a learner that
+        retrieves a task and reads that task's backbone)."""
+        return None
+
     def parameter_counts(self) -> dict[str, int]:
         """Trained parameters in the last task and bytes of stored state."""
         tensors, _ = self.state()

@@ -406,10 +406,13 @@ class LoRABaseline(LowRankLearner):
         self.head_w, self.head_b = W.detach(), b.detach()
 
     # -- prediction ----------------------------------------------------------------------------
+    def embedding(self, data: LabeledData, ctx: Context) -> np.ndarray:
+        """The merged backbone after the last task learned (every input alike)."""
+        return self._embed(data.items, self.tasks_learned - 1, ctx.batch_size,
+                           self._prefix(data.items, ctx.batch_size))
+
     def logits(self, data: LabeledData, ctx: Context) -> torch.Tensor:
-        prefix = self._prefix(data.items, ctx.batch_size)
-        h = self._embed(data.items, self.tasks_learned - 1, ctx.batch_size, prefix)
-        h = torch.as_tensor(h, device=self.head_w.device)
+        h = torch.as_tensor(self.embedding(data, ctx), device=self.head_w.device)
         return h @ self.head_w.T + self.head_b
 
     def scores(self, data: LabeledData, ctx: Context) -> np.ndarray:

@@ -94,9 +94,12 @@ class SeqLoRA(LowRankLearner):
             extras["tasks_in_training"] = len(self._kept)
         return TaskOutcome(extras=extras)
 
+    def embedding(self, data: LabeledData, ctx: Context) -> np.ndarray:
+        return self._embed(data.items, "train" if self._units_ready else None, ctx.batch_size,
+                           self._prefix(data.items, ctx.batch_size))
+
     def scores(self, data: LabeledData, ctx: Context) -> np.ndarray:
-        h = self._embed(data.items, "train" if self._units_ready else None, ctx.batch_size,
-                        self._prefix(data.items, ctx.batch_size))
+        h = self.embedding(data, ctx)
         with torch.inference_mode():
             logits = self.head(torch.as_tensor(h, device=self.backbone.device))
         return logits.float().cpu().numpy()
