@@ -42,30 +42,11 @@ class Evaluator:
         Returns the timing of the evaluation (``eval_s``, ``task_il_eval_s``)."""
         t0 = time.perf_counter()
         seen = self.scenario.tasks[: task.index + 1]
-        test = stack([t.test for t in seen])
-        true_task = np.concatenate([np.full(len(t.test), t.index) for t in seen])
-        with amp():
-            pred = _predict_parts(lambda part: learner.predict(part, ctx), test)
-        correct = pred.classes == test.labels
-        for t in seen:
-            mask = true_task == t.index
-            self.tracker.record(task.index, t.index, int(correct[mask].sum()), int(mask.sum()))
-        if pred.tasks is not None:
-            self.tracker.record_retrieval(true_task, np.asarray(pred.tasks))
+        test, true_task = self._evaluate(self.tracker, task, seen, "test", learner, ctx, amp)
         timing = {"eval_s": time.perf_counter() - t0}
         if self.val_tracker is not None:  # the same model on the held-out training samples
             t0 = time.perf_counter()
-            val = stack([t.val for t in seen])
-            val_task = np.concatenate([np.full(len(t.val), t.index) for t in seen])
-            with amp():
-                vpred = _predict_parts(lambda part: learner.predict(part, ctx), val)
-            right = vpred.classes == val.labels
-            for t in seen:
-                mask = val_task == t.index
-                self.val_tracker.record(task.index, t.index, int(right[mask].sum()),
-                                        int(mask.sum()))
-            if vpred.tasks is not None:
-                self.val_tracker.record_retrieval(val_task, np.asarray(vpred.tasks))
+            self._evaluate(self.val_tracker, task, seen, "val", learner, ctx, amp)
             timing["val_eval_s"] = time.perf_counter() - t0
         if task.index == len(self.scenario.tasks) - 1:  # task-IL once, at the end
             t0 = time.perf_counter()
@@ -79,6 +60,23 @@ class Evaluator:
                                             len(test))
             timing["task_il_eval_s"] = time.perf_counter() - t0
         return timing
+
+    @staticmethod
+    def _evaluate(tracker: AccuracyTracker, task: Task, seen: list[Task], split: str,
+                  learner: Learner, ctx: Context, amp: Callable[[], ContextManager]):
+        """Predict the ``split`` ("test" or "val") samples of the ``seen`` tasks and record
+        accuracy per task (and retrieval) after ``task``; returns the data and true tasks."""
+        data = stack([getattr(t, split) for t in seen])
+        true_task = np.concatenate([np.full(len(getattr(t, split)), t.index) for t in seen])
+        with amp():
+            pred = _predict_parts(lambda part: learner.predict(part, ctx), data)
+        correct = pred.classes == data.labels
+        for t in seen:
+            mask = true_task == t.index
+            tracker.record(task.index, t.index, int(correct[mask].sum()), int(mask.sum()))
+        if pred.tasks is not None:
+            tracker.record_retrieval(true_task, np.asarray(pred.tasks))
+        return data, true_task
 
     def line(self, task: Task) -> dict[str, Any]:
         """The metrics of the step just evaluated (one ``metrics.jsonl`` line, timing aside)."""

@@ -26,11 +26,11 @@ import numpy as np
 import torch
 from pydantic import Field
 
-from ..backbones.base import multi_stage_features
-from ..data.base import LabeledData, take
+from ..data.base import LabeledData
 from ..data.scenario import Task
 from ..registry import Options
 from .base import LEARNERS, Context, Learner, LearnerError, TaskOutcome
+from .lda import frozen_features
 
 
 class FeCAMOptions(Options):
@@ -56,15 +56,8 @@ class FeCAM(Learner):
         self.seen = np.zeros(0, dtype=bool)
 
     def features(self, data: LabeledData, ctx: Context) -> np.ndarray:
-        stages = self.options.signature_stages
-        if stages is None:
-            stages = self.backbone.default_signature_stages
-        if not stages:
-            x = ctx.features(data).astype(np.float64)
-        else:
-            rows = ctx.by_id("lda_features", data, lambda positions: multi_stage_features(
-                self.backbone, take(data.items, positions), stages, self.options.batch_size)[0])
-            x = np.stack(rows).astype(np.float64) if rows else np.zeros((0, 0))
+        x = frozen_features(self.backbone, data, ctx, self.options.signature_stages,
+                            self.options.batch_size)
         if self.options.tukey is not None:
             if (x < 0).any():
                 raise LearnerError("fecam: tukey needs non-negative features; these have "

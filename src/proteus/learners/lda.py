@@ -38,6 +38,21 @@ from ..registry import Options
 from .base import LEARNERS, Context, Learner, LearnerError, TaskOutcome
 
 
+def frozen_features(backbone, data: LabeledData, ctx: Context, stages: list[int] | None,
+                    batch_size: int) -> np.ndarray:
+    """Frozen features in float64: the embedding plus the pooled outputs of ``stages`` (what
+    PROTEUS retrieves with; None: the backbone's default stages), or the embedding alone
+    (``[]``). Kept per sample id for the run."""
+    if stages is None:
+        stages = backbone.default_signature_stages
+    if not stages:  # the embedding alone, as PROTEUS's signatures take it then
+        return ctx.features(data).astype(np.float64)
+    rows = ctx.by_id(f"frozen_features{tuple(stages)}", data, lambda positions:
+                     multi_stage_features(backbone, take(data.items, positions), stages,
+                                          batch_size)[0])
+    return np.stack(rows).astype(np.float64) if rows else np.zeros((0, 0))
+
+
 class LDAOptions(Options):
     # the frozen features: None = the backbone's default stages (what proteus retrieves with)
     signature_stages: list[int] | None = None
@@ -63,14 +78,8 @@ class LDA(Learner):
         self.intercept = np.zeros(0)
 
     def features(self, data: LabeledData, ctx: Context) -> np.ndarray:
-        stages = self.options.signature_stages
-        if stages is None:
-            stages = self.backbone.default_signature_stages
-        if not stages:  # the embedding alone, as PROTEUS's signatures take it then
-            return ctx.features(data).astype(np.float64)
-        rows = ctx.by_id("lda_features", data, lambda positions: multi_stage_features(
-            self.backbone, take(data.items, positions), stages, self.options.batch_size)[0])
-        return np.stack(rows).astype(np.float64) if rows else np.zeros((0, 0))
+        return frozen_features(self.backbone, data, ctx, self.options.signature_stages,
+                               self.options.batch_size)
 
     def learn_task(self, task: Task, ctx: Context) -> TaskOutcome:
         x = self.features(task.train, ctx)
