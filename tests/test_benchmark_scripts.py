@@ -136,3 +136,29 @@ def test_a_baselines_embedding_is_what_its_head_reads(tmp_path):
     h = learner.embedding(test, ctx)
     want = h @ learner.head_w.numpy().T + learner.head_b.numpy()
     np.testing.assert_allclose(learner.scores(test, ctx), want, rtol=1e-5, atol=1e-5)
+
+
+def test_tuning_chooses_on_validation_and_writes_down_the_grid(tmp_path, monkeypatch):
+    tune = _load("tune")
+    monkeypatch.chdir(tmp_path)
+    path = tmp_path / "preset.yaml"
+    path.write_text(yaml.safe_dump(tiny_config_dict(tmp_path / "runs",
+                                                    learner={"name": "ranpac"})))
+    out = tmp_path / "tuning" / "ranpac.json"
+    assert tune.main([str(path), "--grid", "learner.proj_dim=0,64", "--seeds", "1990", "1991",
+                      "--val-fraction", "0.25", "--runs-dir", str(tmp_path / "runs"),
+                      "--out", str(out)]) == 0
+    import json
+
+    result = json.loads(out.read_text())
+    assert result["grid"] == {"learner.proj_dim": ["0", "64"]} and result["val_fraction"] == 0.25
+    assert [p["point"] for p in result["points"]] == [{"learner.proj_dim": "0"},
+                                                      {"learner.proj_dim": "64"}]
+    vals = [p["val_mean"] for p in result["points"]]
+    assert result["chosen"] == result["points"][vals.index(max(vals))]["point"]
+    for p in result["points"]:  # every point measured on both seeds, validation and test
+        assert sorted(p["seeds"]) == ["1990", "1991"]
+        assert all(0 <= s["val_final_accuracy"] <= 1 for s in p["seeds"].values())
+    assert "validation final %" in out.with_suffix(".md").read_text()
+    with pytest.raises(SystemExit):
+        tune.parse_grid(["learner.proj_dim"])

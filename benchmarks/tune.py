@@ -1,0 +1,107 @@
+"""Choose settings on a validation split, never on the test data, and write down what was tuned.
+
+    python benchmarks/tune.py configs/offline/vision-fmnist-mnist.yaml \\
+        --grid learner.signature.reg_covar=1e-6,1e-4,1e-2 --grid learner.restrict_to_task=true,false \\
+        --val-fraction 0.1 --seeds 1993 1994 --out docs/tuning/proteus-vision.json
+
+Every point of the grid (the product of the ``--grid`` lists) runs the preset with
+``scenario.val_fraction`` set, so a seeded share of every class's training samples is held out
+and the model trains on the rest. The point with the highest mean *validation* final accuracy
+over the seeds is chosen (ties: the first in grid order). Test accuracies are recorded beside,
+for the report, and play no part in the choice. The JSON holds the preset, the grid, the
+selection rule, every point's validation and test numbers per seed, and the chosen point; a
+markdown table goes beside it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import os
+import statistics
+import sys
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "src"))
+
+import proteus  # noqa: E402
+from proteus.storage import write_json_atomic, write_text_atomic  # noqa: E402
+
+RULE = "highest mean validation final accuracy over the seeds; ties: first in grid order"
+
+
+def parse_grid(items: list[str]) -> dict[str, list[str]]:
+    grid: dict[str, list[str]] = {}
+    for item in items:
+        key, sep, values = item.partition("=")
+        if not sep or not key or not values:
+            raise SystemExit(f"--grid {item!r}: expected KEY=V1,V2,...")
+        grid[key] = values.split(",")
+    return grid
+
+
+def tune(preset: Path, grid: dict[str, list[str]], seeds: list[int], val_fraction: float,
+         runs_dir: str) -> dict:
+    points = [dict(zip(grid, values)) for values in itertools.product(*grid.values())]
+    measured = []
+    for number, point in enumerate(points):
+        per_seed = {}
+        for seed in seeds:
+            overrides = [f"{k}={v}" for k, v in point.items()] + [
+                f"scenario.val_fraction={val_fraction}", f"seed={seed}", "progress=false",
+                f"output_dir={runs_dir}", f"name=point{number}-s{seed}"]
+            results = proteus.run(proteus.load_config(preset, overrides))
+            per_seed[str(seed)] = {
+                "val_final_accuracy": results["validation"]["metrics"]["final_accuracy"],
+                "test_final_accuracy": results["metrics"]["final_accuracy"]}
+        measured.append({"point": point, "seeds": per_seed,
+                         "val_mean": statistics.mean(s["val_final_accuracy"]
+                                                     for s in per_seed.values()),
+                         "test_mean": statistics.mean(s["test_final_accuracy"]
+                                                      for s in per_seed.values())})
+    best = max(range(len(measured)), key=lambda i: (measured[i]["val_mean"], -i))
+    return {"preset": str(preset), "grid": grid, "seeds": seeds, "val_fraction": val_fraction,
+            "rule": RULE, "points": measured, "chosen": measured[best]["point"],
+            "chosen_val": measured[best]["val_mean"], "chosen_test": measured[best]["test_mean"]}
+
+
+def render(result: dict) -> str:
+    keys = list(result["grid"])
+    lines = [f"# Tuning {result['preset']}", "",
+             f"Written by `benchmarks/tune.py`. Grid over {', '.join(keys)}; seeds "
+             f"{', '.join(map(str, result['seeds']))}; validation: {result['val_fraction']} of "
+             f"every class's training samples. Rule: {result['rule']}.", "",
+             "| " + " | ".join(keys) + " | validation final % | test final % | chosen |",
+             "|" + "---|" * (len(keys) + 3)]
+    for row in result["points"]:
+        chosen = "yes" if row["point"] == result["chosen"] else ""
+        lines.append("| " + " | ".join(row["point"][k] for k in keys)
+                     + f" | {100 * row['val_mean']:.2f} | {100 * row['test_mean']:.2f} | "
+                     f"{chosen} |")
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("preset", type=Path)
+    parser.add_argument("--grid", action="append", required=True, metavar="KEY=V1,V2,...")
+    parser.add_argument("--seeds", nargs="+", type=int, default=[1993])
+    parser.add_argument("--val-fraction", type=float, default=0.1)
+    parser.add_argument("--runs-dir", default="runs/tune")
+    parser.add_argument("--out", type=Path, required=True, help="JSON; the .md goes beside it")
+    args = parser.parse_args(argv)
+    result = tune(args.preset, parse_grid(args.grid), args.seeds, args.val_fraction,
+                  args.runs_dir)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    write_json_atomic(args.out, result)
+    write_text_atomic(args.out.with_suffix(".md"), render(result))
+    print(render(result))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
