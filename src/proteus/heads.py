@@ -57,10 +57,13 @@ class RidgeHead:
             self.Q = torch.cat([self.Q, self.Q.new_zeros(self.Q.shape[0], pad)], dim=1)
         # across ranks (``h`` is every sample, on every rank) each rank projects and sums its
         # part, and the sums are all-reduced: G and Q equal one process's up to rounding
+        h, labels = np.asarray(h), np.asarray(labels)
         n = len(h)
         part = active().part(n)
-        phi = self.features(np.asarray(h)[part])
-        y = self._targets(np.asarray(labels)[part], num_classes)
+        if len(part) < n:  # one process holds every row: no copy
+            h, labels = h[part], labels[part]
+        phi = self.features(h)
+        y = self._targets(labels, num_classes)
         self.lam = self._select_lambda(phi, y, part, n)
         self.lambda_history.append(self.lam)
         self.G += all_reduce(phi.T @ phi)

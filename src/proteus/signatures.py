@@ -162,9 +162,9 @@ class TaskSignatures:
         self.shrinkage_sum = 0.0
         self._shared: tuple[np.ndarray, float] | None = None
         self._shared_prec: np.ndarray | None = None
-        # class means of every task whitened by the shared precision, for one-product scoring
-        self._whitened: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None
-        # the same retrieval as a linear map (precision folded into the means), see
+        # class means of every task whitened by the shared precision, for full log-likelihoods
+        self._whitened: tuple[np.ndarray, np.ndarray] | None = None
+        # retrieval as a linear map (the shared precision folded into the class means), see
         # retrieval_scores; what a saved model keeps instead of the d x d precision
         self._linear: tuple[np.ndarray, np.ndarray] | None = None
 
@@ -293,11 +293,15 @@ class TaskSignatures:
         if not self._all_shared():
             return self.scores(x)
         W, b = self.linear_retrieval()
-        logits = self.prepare(x) @ W + b
+        return self._task_maxima(self.prepare(x) @ W + b)
+
+    def _task_maxima(self, class_scores: np.ndarray) -> np.ndarray:
+        """(N, T): each task's best class score, from (N, C) scores over every task's classes
+        in task order."""
         owner = np.concatenate([np.full(len(c.means), k) for k, c in enumerate(self.tasks)])
-        out = np.full((len(logits), len(self.tasks)), -np.inf)
-        for k in range(len(self.tasks)):  # T column maxima; the work above is one product
-            out[:, k] = logits[:, owner == k].max(1)
+        out = np.full((len(class_scores), len(self.tasks)), -np.inf)
+        for k in range(len(self.tasks)):  # T column maxima; the work before is one product
+            out[:, k] = class_scores[:, owner == k].max(1)
         return out
 
     def linear_retrieval(self) -> tuple[np.ndarray, np.ndarray]:
@@ -311,22 +315,17 @@ class TaskSignatures:
         return self._linear
 
     def _shared_scores(self, x: np.ndarray) -> np.ndarray:
-        """Class-Gaussian retrieval in one pass: whiten the inputs once (x L), score them against
-        every class mean of every task with one matrix product, take each task's best class.
-        The log-determinant is shared by all classes, so it shifts every score alike."""
+        """Full class-Gaussian log-likelihoods in one pass: whiten the inputs once (x L), score
+        them against every class mean of every task with one matrix product, take each task's
+        best class (the same arithmetic as the per-task :meth:`task_scores`)."""
         L, logdet = self.shared_precision()
         if self._whitened is None:
             means = np.concatenate([c.means for c in self.tasks]) @ L
-            owner = np.concatenate([np.full(len(c.means), k) for k, c in enumerate(self.tasks)])
-            self._whitened = (means, (means ** 2).sum(1), owner)
-        means, norms, owner = self._whitened
+            self._whitened = (means, (means ** 2).sum(1))
+        means, norms = self._whitened
         z = self.prepare(x) @ L
         maha = (z ** 2).sum(1)[:, None] - 2 * z @ means.T + norms[None, :]
-        loglik = -0.5 * (maha + logdet + L.shape[0] * LOG_2PI)
-        out = np.full((len(x), len(self.tasks)), -np.inf)
-        for k in range(len(self.tasks)):  # T column maxima; the work above is one product
-            out[:, k] = loglik[:, owner == k].max(1)
-        return out
+        return self._task_maxima(-0.5 * (maha + logdet + L.shape[0] * LOG_2PI))
 
     def nbytes(self, task: int) -> int:
         """Bytes of task ``task``'s own components (what one more task adds)."""

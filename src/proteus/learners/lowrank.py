@@ -226,7 +226,7 @@ class LowRankLearner(Learner):
                     loss = nn.functional.cross_entropy(head(self._batch_features(
                         prefix, items, rows, aug_gen)), labels[rows])
                     shared = 1.0
-                ces.append(loss.detach() if not group.enabled else all_reduce(loss.detach()))
+                ces.append(loss.detach())
                 step_terms = []
                 if extra_loss is not None:
                     for term in extra_loss():
@@ -237,7 +237,6 @@ class LowRankLearner(Learner):
                 loss.backward()
                 if group.enabled:
                     all_reduce_grads(trained)
-                    loss = all_reduce(loss.detach())
                 if o.grad_clip:
                     torch.nn.utils.clip_grad_norm_(clipped, o.grad_clip)
                 optimiser.step()
@@ -246,10 +245,12 @@ class LowRankLearner(Learner):
                 # task: without this every step would run the first step's head weights.
                 torch.clear_autocast_cache()
                 losses.append(loss.detach())
-            last = float(torch.stack(losses).mean()) if losses else last
             if losses:
+                # across ranks each step's loss is the sum of the ranks' shares: one all-reduce
+                # an epoch (the identity alone), not one a step
+                last = float(all_reduce(torch.stack(losses)).mean())
                 self.fit_trace["loss"].append(last)
-                self.fit_trace["ce"].append(float(torch.stack(ces).mean()))
+                self.fit_trace["ce"].append(float(all_reduce(torch.stack(ces)).mean()))
                 self.fit_trace["terms"].append([float(torch.stack(t).mean())
                                                 for t in zip(*terms)] if terms[0] else [])
         return last

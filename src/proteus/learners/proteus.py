@@ -201,7 +201,7 @@ class Proteus(LowRankLearner):
         curve with the cross-entropy and each penalty apart, ||alpha w|| per layer, the relative
         weight update ||dW_k|| / ||W|| per target, and the relative change of the embedding
         ||h_k - h|| / ||h|| on (up to 256 of) the task's training samples."""
-        o, trace = self.options, getattr(self, "fit_trace", {"loss": [], "ce": [], "terms": []})
+        o, trace = self.options, self.fit_trace  # _train_units ran _fit just before
         names = [n for n, on in (("orthogonality", o.lambda_orth), ("transfer", o.lambda_reg))
                  if on and k > 0]
         rel, aw = {}, []

@@ -41,8 +41,8 @@ class SimpleCIL(Learner):
         # over ranks; a few mixed-in samples of an older class must not replace its mean
         own = np.asarray(task.own_classes, dtype=np.int64)
         part = active().part(len(feats))
-        labels = task.train.labels[part]
-        sums = np.stack([feats[part][labels == c].sum(axis=0, dtype=np.float64) for c in own])
+        x, labels = feats[part], task.train.labels[part]
+        sums = np.stack([x[labels == c].sum(axis=0, dtype=np.float64) for c in own])
         counts = np.array([(labels == c).sum() for c in own], dtype=np.float64)
         sums, counts = all_reduce(sums), all_reduce(counts)
         self.prototypes[own] = (sums / counts[:, None]).astype(np.float32)
