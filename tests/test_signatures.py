@@ -172,12 +172,14 @@ def _full(mean, cov, point_cov) -> Components:
 
 
 def test_negative_discriminant_is_not_applicable():
-    """kappa = 5, d * sigma2 = 1: M^2 - 24 d sigma2 kappa = 4 - 120 < 0 for task 0's cluster."""
+    """kappa = 5, d * sigma2 = 1: M^2 - 24 d sigma2 kappa = 4 - 120 < 0 for task 0's cluster
+    (the signature's own covariances: the ``"signature"`` form; the per-task form's guard is
+    tested in test_certificate.py)."""
     d = 2
     sig = TaskSignatures(SignatureOptions(kind="gaussian"))
     sig.tasks = [_full([0.0, 0.0], np.eye(d), 0.5 * np.eye(d)),
                  _full([3.0, 0.0], math.exp(2.5) * np.eye(d), 0.5 * np.eye(d))]
-    cert = certificate(sig)
+    cert = certificate(sig, form="signature")
     by_task = {c["task"]: c for c in cert["clusters"]}
     assert math.isclose(by_task[0]["kappa"], 5.0, rel_tol=1e-9)
     assert by_task[0]["status"] == "not applicable"
@@ -243,11 +245,12 @@ def test_one_product_class_gaussian_scores_equal_the_per_task_loop(separated, te
 
 def test_shared_certificate_equals_the_general_formula(separated):
     """With one shared precision the certificate whitens means instead of forming P; its deltas
-    equal the general per-cluster formula tr(P C) + (m - mu)^T P (m - mu)."""
+    equal the general per-cluster formula tr(P C) + (m - mu)^T P (m - mu) (the ``"signature"``
+    form, the signature's own Gaussians)."""
     from proteus.signatures import _cluster_params, _separations
 
     sig = separated["class-gaussian"]
-    fast = certificate(sig)["clusters"]
+    fast = certificate(sig, form="signature")["clusters"]
     comps = [_cluster_params(sig, k) for k in range(len(sig.tasks))]
     for entry in fast:
         t, s = entry["task"], entry["cluster"]

@@ -236,38 +236,71 @@ def _plot_confusion(confusion: np.ndarray, path: Path, title: str) -> None:
 # markdown
 
 
-def _plot_certificate(clusters: list[dict], path: Path, title: str) -> None:
-    """Separation delta of every cluster, grouped by task, against its certification threshold."""
-    fig, ax = plt.subplots(figsize=(7, 4))
+CERTIFICATE_FORMS = {
+    "per-task": "per-cluster covariances, whitened coordinates",
+    "signature": "the signature's own covariances, raw coordinates (the paper's check as stated)",
+}
+
+
+def _plot_certificate(clusters: list[dict], path: Path, title: str,
+                      form: str | None = None) -> None:
+    """Separation delta of every cluster against its certification threshold (2/d)·max(T1, T2):
+    one column per cluster, grouped by task (grey bands), delta coloured by pass / fail / not
+    applicable, the threshold a black tick joined to delta by a thin line."""
+    fig, ax = plt.subplots(figsize=(max(7.0, min(16.0, 0.12 * len(clusters) + 4)), 4))
     colours = {"pass": "tab:green", "fail": "tab:red", "not applicable": "tab:gray"}
-    rng = np.random.default_rng(0)  # horizontal jitter only, so clusters of a task don't overlap
+    ordered = sorted(clusters, key=lambda c: (c["task"], c.get("cluster", 0)))
+    x, pos, last = [], -1.0, None
+    for c in ordered:  # clusters of one task side by side, a gap between tasks
+        pos += 1.0 if c["task"] == last else (1.0 if last is None else 2.0)
+        last = c["task"]
+        x.append(pos)
+    x = np.asarray(x)
+    tasks = [c["task"] for c in ordered]
+    for k, task in enumerate(sorted(set(tasks))):
+        xs = x[[t == task for t in tasks]]
+        if k % 2 == 0:
+            ax.axvspan(xs.min() - 0.5, xs.max() + 0.5, color="0.93", zorder=0)
+    deltas = np.array([c["delta"] for c in ordered], dtype=float)
+    thresholds = np.array([np.nan if c.get("threshold") is None else c["threshold"]
+                           for c in ordered], dtype=float)
+    judged = ~np.isnan(thresholds)
+    ax.vlines(x[judged], np.minimum(deltas, thresholds)[judged],
+              np.maximum(deltas, thresholds)[judged], color="0.6", lw=0.6, zorder=1)
     for status, colour in colours.items():
-        chosen = [c for c in clusters if c.get("status") == status]
-        if not chosen:
-            continue
-        x = np.array([c["task"] for c in chosen]) + rng.uniform(-0.25, 0.25, len(chosen))
-        ax.scatter(x, [c["delta"] for c in chosen], s=14, color=colour, label=f"delta ({status})")
-        thresholds = [(xi, c["threshold"]) for xi, c in zip(x, chosen)
-                      if c.get("threshold") is not None]
-        if thresholds:
-            tx, ty = zip(*thresholds)
-            ax.scatter(tx, ty, s=10, marker="_", color="black")
-    ax.scatter([], [], marker="_", color="black", label="threshold (2/d)·max(T1, T2)")
-    ax.set_xlabel("task")
+        chosen = np.array([c.get("status") == status for c in ordered])
+        if chosen.any():
+            ax.scatter(x[chosen], deltas[chosen], s=16, color=colour, zorder=3,
+                       label=f"delta, {status} ({int(chosen.sum())})")
+    if judged.any():
+        ax.scatter(x[judged], thresholds[judged], s=60, marker="_", color="black", zorder=2,
+                   label="threshold (2/d)·max(T1, T2)")
+    values = np.concatenate([deltas, thresholds[judged]])
+    values = values[np.isfinite(values)]
+    if values.size and np.abs(values).max() > 100 * max(np.median(np.abs(values)), 1e-12):
+        ax.set_yscale("symlog", linthresh=1.0)  # a few huge deltas would flatten the rest
+    centres = [x[[t == task for t in tasks]].mean() for task in sorted(set(tasks))]
+    ax.set_xticks(centres, [str(t) for t in sorted(set(tasks))])
+    ax.set_xlabel("task (one column per cluster)")
     ax.set_ylabel("separation delta")
-    ax.set_title(f"{title}: retrieval certificate")
-    ax.grid(alpha=0.3)
+    ax.axhline(0.0, color="0.5", lw=0.5)
+    form_text = f" [{form}]" if form else ""
+    ax.set_title(f"{title}: retrieval certificate{form_text}")
+    ax.grid(alpha=0.3, axis="y")
     ax.legend(fontsize=8)
     _save_figure(fig, path)
 
 
 def _certificate_md(certificate: dict) -> list[str]:
+    form = certificate.get("form")
+    form_text = (f"Form `{form}`: {CERTIFICATE_FORMS.get(form, form)}. " if form
+                 else "")
     clusters = certificate.get("clusters") or []
     if not clusters:
-        return [f"Certificate: {certificate.get('note', 'not computed')}."]
+        return [f"{form_text}Certificate: {certificate.get('note', 'not computed')}."]
     counts = {s: sum(c.get("status") == s for c in clusters) for s in ("pass", "fail",
                                                                        "not applicable")}
-    return [f"Certified fraction {_percent(certificate.get('certified_fraction'))} of "
+    return [f"{form_text}Certified fraction {_percent(certificate.get('certified_fraction'))} of "
             f"{len(clusters)} clusters ({counts['pass']} pass, {counts['fail']} fail, "
             f"{counts['not applicable']} not applicable), beside a measured task-retrieval "
             f"accuracy of {_percent(certificate.get('task_retrieval_accuracy'))}."]
@@ -467,7 +500,8 @@ def write_report(run_dir: Path, results: dict) -> list[Path]:
         plots.append(run_dir / CONFUSION_PLOT)
     clusters = (results.get("certificate") or {}).get("clusters") or []
     if clusters:
-        _plot_certificate(clusters, run_dir / CERTIFICATE_PLOT, title)
+        _plot_certificate(clusters, run_dir / CERTIFICATE_PLOT, title,
+                          (results.get("certificate") or {}).get("form"))
         plots.append(run_dir / CERTIFICATE_PLOT)
     per_task = (results.get("extras") or {}).get("per_task") or []
     units = [e.get("units") if isinstance(e, dict) else None for e in per_task]

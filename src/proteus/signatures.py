@@ -23,7 +23,7 @@ from typing import Literal
 
 import numpy as np
 import torch
-from scipy.linalg import cho_factor, solve_triangular
+from scipy.linalg import cho_factor, cho_solve, solve_triangular
 from sklearn.cluster import KMeans
 from sklearn.covariance import ledoit_wolf_shrinkage
 from sklearn.mixture import BayesianGaussianMixture
@@ -64,6 +64,7 @@ class Components:
     # per-component empirical moments of the points assigned to it (for the certificate)
     point_mean: np.ndarray | None = None
     point_cov: list[np.ndarray] | None = None  # per component: d x d, or an n x d factor
+    point_count: np.ndarray | None = None  # (K,) points per component (the certificate's OAS)
     _prec: list | None = field(default=None, repr=False)  # cached precision matrices
 
     @property
@@ -123,11 +124,14 @@ def _chol_precision(cov: np.ndarray, overwrite: bool = False) -> tuple[np.ndarra
     return inv, logdet
 
 
-def _moments(x: np.ndarray, assign: np.ndarray, k: int) -> tuple[np.ndarray, list[np.ndarray]]:
+def _moments(x: np.ndarray, assign: np.ndarray, k: int
+             ) -> tuple[np.ndarray, list[np.ndarray], np.ndarray]:
     """Per cluster: the mean of its points and their covariance, the latter as a float32 factor
     F with C = F^T F (the centred points / sqrt(n); n x d) where a cluster has fewer points than
-    dimensions, else as the d x d matrix: a class of 200 points in 3,088-d costs 2.5 MB, not 38."""
+    dimensions, else as the d x d matrix: a class of 200 points in 3,088-d costs 2.5 MB, not 38;
+    and the number of points of each cluster."""
     means = np.stack([x[assign == s].mean(0) for s in range(k)])
+    counts = np.bincount(assign, minlength=k).astype(np.int64)
     covs = []
     for s in range(k):
         centred = x[assign == s] - means[s]
@@ -135,7 +139,7 @@ def _moments(x: np.ndarray, assign: np.ndarray, k: int) -> tuple[np.ndarray, lis
             covs.append((centred / np.sqrt(len(centred))).astype(np.float32))
         else:
             covs.append((centred.T @ centred / len(centred)).astype(np.float32))
-    return means, covs
+    return means, covs, counts
 
 
 def _trace_with(P: np.ndarray, cov: np.ndarray) -> float:
@@ -186,7 +190,7 @@ class TaskSignatures:
     def _fit_class_gaussian(self, x: np.ndarray, labels: np.ndarray) -> Components:
         classes = np.unique(labels)
         assign = np.searchsorted(classes, labels)
-        means, covs = _moments(x, assign, len(classes))
+        means, covs, counts = _moments(x, assign, len(classes))
         if self.stats is None:
             self.stats = ClassStats(x.shape[1])
         self.stats.add(x, labels)
@@ -195,7 +199,7 @@ class TaskSignatures:
         self.shrinkage_sum += ledoit_wolf_shrinkage(centred, assume_centered=True) * len(x)
         self._shared = self._shared_prec = self._whitened = self._linear = None
         return Components(means=means, kind="shared", classes=classes, point_mean=means,
-                          point_cov=covs)
+                          point_cov=covs, point_count=counts)
 
     def shared_precision(self) -> tuple[np.ndarray, float]:
         """Cholesky of the shared precision from the accumulated within-class scatter."""
@@ -233,23 +237,24 @@ class TaskSignatures:
         assign = gmm.fit(z).predict(z)
         keep = np.unique(assign)  # drop empty components
         remap = np.searchsorted(keep, assign)
-        pm, pc = _moments(z, remap, len(keep))
+        pm, pc, pn = _moments(z, remap, len(keep))
         if cov_type == "diag":
             var = gmm.covariances_[keep]
             return Components(means=gmm.means_[keep], kind="diag", var=var,
                               logdet=np.log(var).sum(1), center=center, basis=basis,
-                              resid_var=resid, point_mean=pm, point_cov=pc)
+                              resid_var=resid, point_mean=pm, point_cov=pc, point_count=pn)
         chols, logdets = zip(*(_chol_precision(c) for c in gmm.covariances_[keep]))
         return Components(means=gmm.means_[keep], kind="full", prec_chol=np.stack(chols),
                           logdet=np.array(logdets), center=center, basis=basis, resid_var=resid,
-                          point_mean=pm, point_cov=pc)
+                          point_mean=pm, point_cov=pc, point_count=pn)
 
     def _fit_kmeans(self, x: np.ndarray, labels: np.ndarray) -> Components:
         k = min(self.o.kmeans_k, len(x))
         km = KMeans(n_clusters=k, n_init=3, random_state=sklearn_state(
             self.seed, len(self.tasks), "signature")).fit(x)
-        pm, pc = _moments(x, km.labels_, k)
-        return Components(means=km.cluster_centers_, kind="iso", point_mean=pm, point_cov=pc)
+        pm, pc, pn = _moments(x, km.labels_, k)
+        return Components(means=km.cluster_centers_, kind="iso", point_mean=pm, point_cov=pc,
+                          point_count=pn)
 
     def _fit_gaussian(self, x: np.ndarray, labels: np.ndarray) -> Components:
         mean = x.mean(0, keepdims=True)
@@ -258,9 +263,9 @@ class TaskSignatures:
         d = x.shape[1]
         cov = (1 - rho) * emp + rho * np.trace(emp) / d * np.eye(d) + self.o.reg_covar * np.eye(d)
         chol, logdet = _chol_precision(cov)
-        _, covs = _moments(x, np.zeros(len(x), dtype=np.int64), 1)
+        _, covs, counts = _moments(x, np.zeros(len(x), dtype=np.int64), 1)
         return Components(means=mean, kind="full", prec_chol=chol[None], logdet=np.array([logdet]),
-                          point_mean=mean, point_cov=covs)
+                          point_mean=mean, point_cov=covs, point_count=counts)
 
     # -- retrieval -----------------------------------------------------------------------
     def task_scores(self, x: np.ndarray, task: int) -> np.ndarray:
@@ -368,6 +373,8 @@ class TaskSignatures:
                 comp.point_mean))
             for s, cov in enumerate(comp.point_cov):
                 tensors[f"{prefix}{k}.point_cov.{s}"] = torch.from_numpy(cov)
+            if comp.point_count is not None:
+                tensors[f"{prefix}{k}.point_count"] = torch.from_numpy(comp.point_count)
         return tensors, {}
 
     def load_session_state(self, tensors: dict[str, torch.Tensor], prefix: str = "sig.") -> None:
@@ -377,6 +384,8 @@ class TaskSignatures:
                 comp.point_mean = tensors[key].numpy()
                 comp.point_cov = [tensors[f"{prefix}{k}.point_cov.{s}"].numpy()
                                   for s in range(len(comp.point_mean))]
+                count = tensors.get(f"{prefix}{k}.point_count")
+                comp.point_count = None if count is None else count.numpy()
 
     def load_state(self, tensors: dict[str, torch.Tensor], meta: dict, prefix: str = "sig.") -> None:
         self.tasks = []
@@ -404,30 +413,94 @@ def retrieve(scores: np.ndarray, mode: Literal["sample", "batch"] = "sample") ->
 
 
 # -- certificate (section 6) ---------------------------------------------------------------
-def certificate(sig: TaskSignatures, epsilon: float = 0.01, shared_space: bool = True) -> dict:
+CertificateForm = Literal["per-task", "signature"]
+
+
+def certificate(sig: TaskSignatures, epsilon: float = 0.01, shared_space: bool = True,
+                form: CertificateForm = "per-task") -> dict:
     """Per-cluster separation delta and the paper's Eq. 28 check, from cluster moments.
 
-    The points D of cluster (t, s) are summarised by their empirical mean m and covariance C in
-    the signature space, so the mean squared Mahalanobis distance to another cluster (i, u) is
+    The points D of cluster (t, s) are summarised by their empirical mean m and covariance C, so
+    the mean squared Mahalanobis distance to another cluster (i, u) is
     tr(P C) + (m - mu)^T P (m - mu) with P = Sigma_iu^-1; no stored data are needed. With a
     shared signature space (frozen embeddings) h_i = h for every task, as the formula assumes.
+    T1, T2 and the threshold (2/d) max(T1, T2) are METHOD.md section 6's, in both forms; what
+    differs is the Gaussians and the coordinates they are evaluated with.
+
+    ``form``:
+
+    * ``"signature"`` — the paper's check as stated, on the signature's own Gaussians in the raw
+      signature coordinates. With class-Gaussian signatures (one shrunk covariance shared by
+      every class) kappa = 0 for every cluster. Why it never certifies anything there
+      (diagnosed on synthetic data, docs/certificate.md): sigma2 is measured in raw,
+      L2-normalised coordinates (about 1e-4), so T1 = 1.5 d sigma2 is small and the threshold is
+      2 T2 / d (about 0.03 at d = 1,024), i.e. lenient; it is delta that fails. delta subtracts
+      1, which assumes a cluster's own points average d under the compared Gaussian, but under
+      the regularised (Ledoit-Wolf + reg_covar) shared precision a class of n < d points with a
+      decaying spectrum averages tr(P C) / d of about 0.45 (synthetic, 1,024-d): directions
+      below the regulariser's floor contribute almost nothing, so delta is negative for
+      classes that retrieval separates perfectly. A shared covariance also cannot see the clusters' differing shapes
+      (kappa = 0, and the trace term is the same mismatch for every pair).
+    * ``"per-task"`` (default) — where the bound's assumptions hold: every cluster gets its own
+      Gaussian, fitted from its point moments, in coordinates whitened by the pooled
+      within-cluster covariance (the shared precision for class-Gaussian signatures), so
+      sigma2 and delta are on one scale (a cluster shaped like the pool has sigma2 about 1).
+      Each covariance is shrunk towards the isotropic target of that space (i.e. towards the
+      pooled shape) by the Oracle Approximating Shrinkage rule (Chen et al. 2010), which needs
+      only the moments and the point count: two samples of one distribution then score
+      delta about 0 instead of the large values that near-singular, unshrunk sample
+      covariances of n < d points would give (a certificate must refuse overlapping tasks).
+      delta and kappa are affine-invariant; the whitening sets sigma2 and the shrinkage target.
     """
     m = len(sig.tasks)
-    clusters = []
+    base = {"form": form}
     if not shared_space:
         # adapted-space signatures: task i's clusters live in h_i's space, and D's moments would
         # be needed in every h_i, i.e. old tasks' data under new backbones, which is gone
-        return {"clusters": [], "certified_fraction": None,
+        return {**base, "clusters": [], "certified_fraction": None,
                 "note": "not applicable: signatures in per-task adapted spaces"}
     if m < 2:
-        return {"clusters": [], "certified_fraction": None,
+        return {**base, "clusters": [], "certified_fraction": None,
                 "note": "not applicable: needs at least two tasks"}
     if any(c.basis is not None for c in sig.tasks) or any(c.point_cov is None for c in sig.tasks):
         # per-task PCA spaces differ, and a reloaded model has no cluster moments
-        return {"clusters": [], "certified_fraction": None,
+        return {**base, "clusters": [], "certified_fraction": None,
                 "note": "not applicable: needs cluster moments in one shared space"}
-    taus = [len(c.means) for c in sig.tasks]
+    taus = [len(c.point_mean) for c in sig.tasks]
     N = (m - 1) * sum(taus) + 1
+    d = sig.tasks[0].point_mean.shape[1]
+    if form == "per-task":
+        terms = _per_task_terms(sig)
+    elif form == "signature":
+        terms = _signature_terms(sig)
+    else:
+        raise ValueError(f"unknown certificate form {form!r}")
+    L = math.log(N / epsilon)
+    T2 = math.log((N / epsilon) * (math.sqrt(1 + 4 * d / L) + 1))
+    clusters = []
+    for entry in terms:
+        kappa, sigma2 = entry["kappa"], entry["sigma2"]
+        M = 3 * d * sigma2 - kappa
+        disc = M * M - 24 * d * sigma2 * kappa
+        if disc < 0:
+            entry.update(threshold=None, certified=None, status="not applicable")
+        else:
+            T1 = 0.25 * (M + math.sqrt(disc)) - kappa
+            threshold = 2.0 / d * max(T1, T2)
+            entry.update(threshold=threshold, certified=bool(entry["delta"] > threshold),
+                         status="pass" if entry["delta"] > threshold else "fail")
+        clusters.append(entry)
+    judged = [c for c in clusters if c["certified"] is not None]
+    fraction = (sum(c["certified"] for c in judged) / len(judged)) if judged else None
+    return {**base, "clusters": clusters, "certified_fraction": fraction,
+            "not_applicable": len(clusters) - len(judged)}
+
+
+def _signature_terms(sig: TaskSignatures) -> list[dict]:
+    """delta, kappa, sigma2 per cluster with the signature's own Gaussians in raw coordinates
+    (the ``"signature"`` form)."""
+    m = len(sig.tasks)
+    taus = [len(c.means) for c in sig.tasks]
     shared = all(c.kind == "shared" for c in sig.tasks)
     if shared:
         # one precision P = L L^T for every cluster: tr(P C) = ||F L||^2 (C = F^T F) and the
@@ -437,6 +510,7 @@ def certificate(sig: TaskSignatures, epsilon: float = 0.01, shared_space: bool =
         owner = np.concatenate([np.full(n, k) for k, n in enumerate(taus)])
     else:
         comps = [_cluster_params(sig, k) for k in range(m)]
+    out = []
     for t in range(m):
         pmeans, pcovs = sig.tasks[t].point_mean, sig.tasks[t].point_cov
         d = pmeans.shape[1]
@@ -450,25 +524,161 @@ def certificate(sig: TaskSignatures, epsilon: float = 0.01, shared_space: bool =
                 deltas, kappas = list((trace + quad) / d - 1), [0.0]  # one log det for all
             else:
                 deltas, kappas = _separations(comps, t, s, mt, ct)
-            delta, kappa = float(min(deltas)), float(min(kappas))
-            sigma2 = float(_cov_diag(ct).max())
-            M = 3 * d * sigma2 - kappa
-            disc = M * M - 24 * d * sigma2 * kappa
-            L = math.log(N / epsilon)
-            T2 = math.log((N / epsilon) * (math.sqrt(1 + 4 * d / L) + 1))
-            entry = {"task": t, "cluster": s, "delta": delta, "kappa": kappa, "sigma2": sigma2}
-            if disc < 0:
-                entry.update(threshold=None, certified=None, status="not applicable")
-            else:
-                T1 = 0.25 * (M + math.sqrt(disc)) - kappa
-                threshold = 2.0 / d * max(T1, T2)
-                entry.update(threshold=threshold, certified=bool(delta > threshold),
-                             status="pass" if delta > threshold else "fail")
-            clusters.append(entry)
-    judged = [c for c in clusters if c["certified"] is not None]
-    fraction = (sum(c["certified"] for c in judged) / len(judged)) if judged else None
-    return {"clusters": clusters, "certified_fraction": fraction,
-            "not_applicable": len(clusters) - len(judged)}
+            out.append({"task": t, "cluster": s, "delta": float(min(deltas)),
+                        "kappa": float(min(kappas)), "sigma2": float(_cov_diag(ct).max())})
+    return out
+
+
+def _oas(trace: float, frob2: float, n: float, d: int) -> float:
+    """Oracle Approximating Shrinkage intensity (Chen et al. 2010; scikit-learn's ``oas``) of an
+    empirical covariance S of n points from tr(S) and ||S||_F^2 alone."""
+    mu = trace / d
+    alpha = frob2 / d ** 2
+    num = alpha + mu ** 2
+    den = (n + 1) * (alpha - mu ** 2 / d)
+    return 1.0 if den <= 0 else float(min(num / den, 1.0))
+
+
+def _pooled_precision(sig: TaskSignatures) -> np.ndarray:
+    """Cholesky L of the pooled within-cluster precision (Sigma_pool^-1 = L L^T): the shared
+    precision of class-Gaussian signatures; otherwise the count-weighted mean of the cluster
+    covariances, OAS-shrunk, + reg_covar I."""
+    if all(c.kind == "shared" for c in sig.tasks) and (sig.stats is not None
+                                                       or sig._shared is not None):
+        return sig.shared_precision()[0]
+    d = sig.tasks[0].point_mean.shape[1]
+    pooled, total = np.zeros((d, d)), 0.0
+    for comp in sig.tasks:
+        for s, cov in enumerate(comp.point_cov):
+            n = _count(comp, s)
+            C = cov.astype(np.float64)
+            pooled += n * (C.T @ C if C.shape[0] != C.shape[1] else C)
+            total += n
+    pooled /= total
+    rho = _oas(float(np.trace(pooled)), float((pooled ** 2).sum()), total, d)
+    mu = float(np.trace(pooled)) / d
+    pooled *= 1 - rho
+    pooled.flat[:: d + 1] += rho * mu + sig.o.reg_covar
+    return _chol_precision(pooled, overwrite=True)[0]
+
+
+def _count(comp: Components, s: int) -> float:
+    """Points of cluster s: stored, else the rows of its factor, else (a d x d moment of a
+    session saved before counts were kept) d."""
+    if comp.point_count is not None:
+        return float(comp.point_count[s])
+    return float(comp.point_cov[s].shape[0])
+
+
+def _per_task_terms(sig: TaskSignatures) -> list[dict]:
+    """delta, kappa, sigma2 per cluster with per-cluster Gaussians in whitened coordinates (the
+    ``"per-task"`` form).
+
+    In coordinates z = x L (L L^T = pooled precision) cluster c has mean m_c and empirical
+    covariance C_c; its Gaussian is Sigma_c = a_c I + b_c C_c with b_c = 1 - rho_c and
+    a_c = (rho_c + 1e-6) tr(C_c) / d, rho_c the OAS intensity. A cluster stored as an n x d
+    factor (n < d; C = Z^T Z) is inverted by Woodbury,
+    Sigma^-1 = (I - Z^T (a/b I + Z Z^T)^-1 Z) / a, so only n x n systems and the Gram matrix
+    rows of the factors are needed (one product per cluster against all factors, not one per
+    pair of clusters, and never the whole N x N Gram matrix); a d x d moment is inverted
+    directly."""
+    L = _pooled_precision(sig)
+    d = L.shape[0]
+    owner, index, counts, means, factors, mats = [], [], [], [], [], []
+    for t, comp in enumerate(sig.tasks):
+        for s, cov in enumerate(comp.point_cov):
+            owner.append(t)
+            index.append(s)
+            counts.append(_count(comp, s))
+            means.append(comp.point_mean[s].astype(np.float64) @ L)
+            C = cov.astype(np.float64)
+            factor = C.shape[0] != C.shape[1]
+            factors.append(C @ L if factor else None)
+            mats.append(None if factor else L.T @ C @ L)
+    K = len(owner)
+    means = np.stack(means)
+    owner = np.asarray(owner)
+    # every factor stacked: rows[c] are cluster c's rows of Z_all
+    sizes = [0 if Z is None else len(Z) for Z in factors]
+    offsets = np.concatenate([[0], np.cumsum(sizes)])
+    rows = [slice(offsets[c], offsets[c + 1]) for c in range(K)]
+    has_factor = [Z is not None for Z in factors]
+    Z_all = np.concatenate([Z for Z in factors if Z is not None]) if any(has_factor) else None
+    zmeans = Z_all @ means.T if Z_all is not None else None  # Z_c m_e for every c, e
+    stats = []
+    for c in range(K):
+        if has_factor[c]:
+            G = factors[c] @ factors[c].T
+            diag = (factors[c] ** 2).sum(0)
+            trace, frob2 = float(np.trace(G)), float((G ** 2).sum())
+        else:
+            C = mats[c]
+            diag = np.diag(C).copy()
+            trace, frob2 = float(np.trace(C)), float((C ** 2).sum())
+        rho = _oas(trace, frob2, counts[c], d)
+        mu = max(trace / d, 1e-300)
+        a, b = (rho + 1e-6) * mu, 1.0 - rho
+        entry = {"trace": trace, "sigma2": float(diag.max()), "a": a, "rho": rho,
+                 "prec": None, "inner": None}
+        if has_factor[c]:
+            # log det(a I_d + b Z^T Z) = d log a + log det(I_n + (b/a) Z Z^T)
+            entry["logdet"] = d * math.log(a)
+            if b > 0:
+                inner = G + (a / b) * np.eye(len(G))
+                entry["inner"] = cho_factor(inner, lower=True, check_finite=False)
+                entry["logdet"] += 2.0 * float(np.log(np.diag(entry["inner"][0])).sum()) \
+                    - len(G) * math.log(a / b)
+        else:
+            Sigma = b * mats[c]
+            Sigma.flat[:: d + 1] += a
+            chol, entry["logdet"] = _chol_precision(Sigma, overwrite=True)
+            entry["prec"] = chol @ chol.T
+        stats.append(entry)
+
+    traces = np.empty((K, K))  # traces[u, c] = tr(Sigma_u^-1 C_c)
+    quads = np.empty((K, K))  # quads[u, c] = (m_c - m_u)^T Sigma_u^-1 (m_c - m_u)
+    base = np.array([st["trace"] for st in stats])
+    for u in range(K):
+        su = stats[u]
+        diff = means - means[u]
+        if su["prec"] is not None:
+            P = su["prec"]
+            for c in range(K):
+                traces[u, c] = (float(((factors[c] @ P) * factors[c]).sum()) if has_factor[c]
+                                else float((P * mats[c]).sum()))
+            quads[u] = ((diff @ P) * diff).sum(1)
+            continue
+        quads[u] = (diff ** 2).sum(1)
+        traces[u] = base
+        if su["inner"] is not None:
+            # Woodbury corrections for every cluster at once: one solve against the Gram row
+            cross = factors[u] @ Z_all.T  # (n_u, N_all): Z_u Z_c^T side by side
+            solved = cho_solve(su["inner"], np.concatenate([cross, zmeans[rows[u]]], 1),
+                               check_finite=False)
+            per_row = (solved[:, : cross.shape[1]] * cross).sum(0)
+            for c in range(K):
+                if has_factor[c]:
+                    traces[u, c] -= per_row[rows[c]].sum()
+                else:
+                    Zu = factors[u]
+                    traces[u, c] -= float(np.trace(cho_solve(su["inner"], Zu @ mats[c] @ Zu.T,
+                                                             check_finite=False)))
+            w = zmeans[rows[u]] - zmeans[rows[u], u][:, None]  # Z_u (m_c - m_u) per column c
+            sw = solved[:, cross.shape[1]:] - solved[:, cross.shape[1] + u][:, None]
+            quads[u] -= (sw * w).sum(0)
+        traces[u] /= su["a"]
+        quads[u] /= su["a"]
+
+    logdets = np.array([st["logdet"] for st in stats])
+    out = []
+    for c in range(K):
+        other = owner != owner[c]
+        deltas = (traces[other, c] + quads[other, c]) / d - 1
+        out.append({"task": int(owner[c]), "cluster": int(index[c]),
+                    "delta": float(deltas.min()), "kappa": float((logdets[other]
+                                                                  - logdets[c]).min()),
+                    "sigma2": stats[c]["sigma2"], "shrinkage": stats[c]["rho"]})
+    return out
 
 
 def _separations(comps: list, t: int, s: int, mt: np.ndarray, ct: np.ndarray

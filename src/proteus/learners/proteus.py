@@ -67,6 +67,11 @@ class ProteusOptions(LowRankOptions):
     # matrix per layer instead of thin products; cheaper for large batches of one task)
     merge_for_inference: bool = False
     certificate: Literal["every_task", "final", "off"] = "every_task"
+    # section 6: "per-task" evaluates the paper's check with per-cluster covariances (from the
+    # cluster moments, OAS-shrunk) in coordinates whitened by the pooled covariance, where its
+    # assumptions hold; "signature" is the check as stated, on the signature's own Gaussians in
+    # raw coordinates (class-Gaussian signatures: kappa = 0, never certifies; docs certificate.md)
+    certificate_form: Literal["per-task", "signature"] = "per-task"
 
 
 @LEARNERS.register("proteus", ProteusOptions,
@@ -169,7 +174,8 @@ class Proteus(LowRankLearner):
         cert = None
         if o.certificate == "every_task" or (o.certificate == "final" and last):
             t0 = time.perf_counter()
-            cert = certificate(self.signatures, shared_space=o.signature_space == "frozen")
+            cert = certificate(self.signatures, shared_space=o.signature_space == "frozen",
+                               form=o.certificate_form)
             timing["certificate_s"] = time.perf_counter() - t0
         return TaskOutcome(timing=timing, extras=extras, certificate=cert)
 
