@@ -248,12 +248,21 @@ def test_s_prompts_retrieves_tasks_and_predicts_within_them(driven, runs):
     for k in range(T):
         rows = pred.tasks == k
         assert np.isin(pred.classes[rows], scenario.tasks[k].classes).all()
-    # retrieval is the nearest centroid of the L2-normalised frozen embedding
+    # retrieval is the nearest centroid of the L2-normalised frozen embedding, by L1 distance
+    # (the authors' code) by default, by L2 as an option
     x = ctx.features(test)
     x = x / np.linalg.norm(x, axis=1, keepdims=True)
-    dist = np.stack([((x[:, None] - c.means[None]) ** 2).sum(-1).min(1)
-                     for c in learner.signatures.tasks], 1)
-    assert np.array_equal(pred.tasks, dist.argmin(1))
+    l1 = np.stack([np.abs(x[:, None] - c.means[None]).sum(-1).min(1)
+                   for c in learner.signatures.tasks], 1)
+    l2 = np.stack([((x[:, None] - c.means[None]) ** 2).sum(-1).min(1)
+                   for c in learner.signatures.tasks], 1)
+    assert learner.options.distance == "l1"
+    assert np.array_equal(pred.tasks, l1.argmin(1))
+    learner.options = learner.options.model_copy(update={"distance": "l2"})
+    try:
+        assert np.array_equal(learner.predict(test, ctx).tasks, l2.argmin(1))
+    finally:
+        learner.options = learner.options.model_copy(update={"distance": "l1"})
 
 
 def test_s_prompts_units_are_independent_per_task(driven):

@@ -48,3 +48,26 @@ def test_slow_units_move_less_than_the_heads_learning_rate_would(tmp_path, one_t
     # B starts at 0: its size after training scales with the units' learning rate under Adam
     assert units(slow).norm() < 0.05 * units(fast).norm()
     assert units(slow).norm() > 0
+
+
+@pytest.mark.parametrize("optimizer, cls", [("adam", torch.optim.Adam), ("sgd", torch.optim.SGD)])
+def test_optimizer_and_cosine_schedule_reach_every_step(tmp_path, one_thread, monkeypatch,
+                                                        optimizer, cls):
+    """``optimizer`` picks the optimiser class; ``schedule: cosine`` anneals the rate from
+    ``lr`` to 0 over exactly the task's steps (budget included)."""
+    rates = []
+    original = cls.step
+
+    def recorded(self, *args, **kwargs):
+        rates.append([g["lr"] for g in self.param_groups])
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(cls, "step", recorded)
+    run = assembled(tiny_config_dict(tmp_path, learner={
+        "name": "seq-lora", "epochs": 1, "batch_size": 16, "steps_per_task": 6, "lr": 0.01,
+        "optimizer": optimizer, "schedule": "cosine"}))
+    run.learner.learn_task(run.scenario.tasks[0], run.ctx)
+    assert len(rates) == 6
+    expected = [0.01 * 0.5 * (1 + torch.cos(torch.tensor(torch.pi * i / 6)).item())
+                for i in range(6)]
+    assert [r[0] for r in rates] == pytest.approx(expected, rel=1e-6)

@@ -35,6 +35,8 @@ class Backbone(nn.Module):
     embed_dim: int
     #: regular expressions over ``named_modules()`` names: where low-rank units go by default
     default_targets: list[str] = []
+    #: the attention key/value projections (InfLoRA's targets); None: the backbone has none
+    kv_targets: list[str] | None = None
     #: stages whose pooled outputs a learner may add to frozen features (multi-layer features)
     default_signature_stages: list[int] = []
 

@@ -20,6 +20,8 @@ from .base import BACKBONES, IMAGENET_MEAN, IMAGENET_STD, Backbone, ImagePreproc
 # Attention query/value projections: "query"/"value" (BERT, DINOv2, older ViT) or
 # "q_proj"/"v_proj" (CLIP, transformers>=5 ViT). METHOD.md section 1: LoRA on Q and V.
 QV_TARGETS = [r".*\.(query|value|q_proj|v_proj)"]
+#: key/value projections, the same naming families (InfLoRA's targets)
+KV_TARGETS = [r".*\.(key|value|k_proj|v_proj)"]
 
 
 class HFVisionOptions(Options):
@@ -45,9 +47,22 @@ class TinyViTOptions(Options):
     seed: int = 0
 
 
+def _encoder_layers(model: torch.nn.Module) -> torch.nn.ModuleList | None:
+    """The encoder's layer list: ``layers`` (ViT in transformers >= 5), ``encoder.layer`` (BERT,
+    DINOv2, older ViT) or ``vision_model.encoder.layers`` (CLIP); None for another layout."""
+    for path in ("layers", "encoder.layer", "encoder.layers", "vision_model.encoder.layers"):
+        module = model
+        for part in path.split("."):
+            module = getattr(module, part, None)
+        if isinstance(module, torch.nn.ModuleList):
+            return module
+    return None
+
+
 class HFVision(Backbone):
     modality = "image"
     default_targets = QV_TARGETS
+    kv_targets = KV_TARGETS
 
     def __init__(self, model: torch.nn.Module, image_size: int, pooling: str, mean, std):
         super().__init__()
@@ -68,10 +83,22 @@ class HFVision(Backbone):
         hidden = out.last_hidden_state
         return hidden[:, 0] if self.pooling == "cls" else hidden[:, 1:].mean(dim=1)
 
+    # -- token access for prompt methods (proteus.prompting) --------------------------------
+    def encoder_layers(self) -> torch.nn.ModuleList | None:
+        """The transformer layers, in order (where prompts and prefixes go)."""
+        return _encoder_layers(self.model)
+
+    def token_norm(self, tokens: torch.Tensor) -> torch.Tensor:
+        """What the model applies to every token between its last layer and
+        ``last_hidden_state`` (the final LayerNorm of ViT/DeiT/DINOv2; nothing for CLIP)."""
+        norm = getattr(self.model, "layernorm", None)
+        return norm(tokens) if norm is not None else tokens
+
 
 class HFText(Backbone):
     modality = "text"
     default_targets = QV_TARGETS
+    kv_targets = KV_TARGETS
 
     def __init__(self, options: HFTextOptions):
         super().__init__()
@@ -112,6 +139,15 @@ class HFText(Backbone):
         if self._staged:
             return self.run_stages(inputs)
         return self._pool(self.model(**inputs).last_hidden_state, inputs["attention_mask"])
+
+    # -- token access for prompt methods (proteus.prompting) --------------------------------
+    def encoder_layers(self) -> torch.nn.ModuleList | None:
+        """The transformer layers, in order (where prompts and prefixes go)."""
+        return _encoder_layers(self.model)
+
+    def token_norm(self, tokens: torch.Tensor) -> torch.Tensor:
+        """BERT-family layers end in their own LayerNorm: the last layer's tokens are final."""
+        return tokens
 
     def _pool(self, hidden: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         if self.pooling == "cls":

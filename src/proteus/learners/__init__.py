@@ -1,7 +1,8 @@
 """Continual learners, registered by name."""
 
 from . import (  # noqa: F401  (registers)
-    align, aper, fecam, inflora, lda, o_lora, proteus, ranpac, s_prompts, sd_lora, seq_lora, simplecil)
+    align, aper, fecam, hide_prompt, inflora, lda, o_lora, prompts, proteus, ranpac, s_prompts,
+    sd_lora, seq_lora, simplecil)
 from .base import (LEARNERS, Capabilities, Context, Learner, LearnerError, Prediction,
                    TaskOutcome)
 

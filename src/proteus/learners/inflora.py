@@ -21,6 +21,10 @@ Choices where the paper is silent or the code differs:
     formulas, which squares the spectrum (fewer directions pass the threshold) [paper over code].
   * A_t = top-r eigenvectors of Q^T C Q lifted by Q, Q an orthonormal basis of M's complement,
     so A_t is orthogonal to M exactly even when the residual has rank < r.
+  * The authors' recipe is the default: units on the attention key and value projections of
+    every block (``targets`` unset; a backbone without attention, such as EfficientNet, falls
+    back to its default targets, a deviation the presets state), rank 10, Adam lr 5e-4 with a
+    cosine schedule, 20 epochs, batch 128, no gradient clipping.
   * a_scale 1/sqrt(3) as in the authors' code; loss over the current task's classes with the
     older head rows frozen (their code trains one head per task) -- ``head_loss: current``.
   * The branch is kept as thin factors rather than merged into W: the same function, and the
@@ -30,6 +34,7 @@ Choices where the paper is silent or the code differs:
 from __future__ import annotations
 
 import math
+from typing import Literal
 
 import torch
 from pydantic import Field
@@ -38,7 +43,7 @@ from torch import nn
 from ..dist import active, all_reduce, local
 from ..seeding import derive_seed
 from .base import LEARNERS
-from .lowrank import LoRABaseline, LoRABaselineOptions
+from .lowrank import LoRABaseline, LoRABaselineOptions, UnitPool
 
 
 def complement_basis(memory: torch.Tensor) -> torch.Tensor:
@@ -95,6 +100,15 @@ def _fixed_signs(V: torch.Tensor) -> torch.Tensor:
 
 
 class InfLoRAOptions(LoRABaselineOptions):
+    # None: the attention key and value projections of every block (the authors'), or the
+    # backbone's default targets where it has no attention (a CNN: a deviation)
+    targets: list[str] | None = None
+    rank: int = Field(10, gt=0)
+    lr: float = Field(5e-4, gt=0)
+    schedule: Literal["constant", "cosine"] = "cosine"
+    epochs: int = Field(20, ge=0)
+    batch_size: int = Field(128, gt=0)
+    grad_clip: float = 0.0  # the authors' code does not clip
     threshold: float = Field(0.95, gt=0, le=1)  # eps for the first task (the authors' "lamb")
     threshold_final: float = Field(1.0, gt=0, le=1)  # eps approached at the last task ("lame")
     a_scale: float = Field(1 / math.sqrt(3), gt=0)  # designed rows' norm (authors' code)
@@ -105,6 +119,12 @@ class InfLoRAOptions(LoRABaselineOptions):
 class InfLoRA(LoRABaseline):
     options_model = InfLoRAOptions
     grow_keys = ("memory.*",)
+
+    def _build_pool(self):
+        o = self.options
+        if o.targets is None and getattr(self.backbone, "kv_targets", None) is not None:
+            o = o.model_copy(update={"targets": self.backbone.kv_targets})
+        return UnitPool(self.backbone, o.targets, o.rank, o.scale, o.init_std, self.layer_cls)
 
     def __init__(self, options: InfLoRAOptions, backbone, seed: int = 0):
         super().__init__(options, backbone, seed)

@@ -53,6 +53,10 @@ class LowRankOptions(Options):
     grad_clip: float = 1.0
     # the units' learning rate is lr * unit_lr_scale, the head's lr (SLCA's slow learner: 0.01)
     unit_lr_scale: float = Field(1.0, gt=0)
+    optimizer: Literal["adam", "sgd"] = "adam"
+    momentum: float = Field(0.9, ge=0, lt=1)  # SGD's (Adam ignores it)
+    # "cosine": the learning rate follows half a cosine from lr to 0 over the task's steps
+    schedule: Literal["constant", "cosine"] = "constant"
     augment: bool = False  # RandomResizedCrop + flip; off caches the frozen stages below the units
 
 
@@ -179,7 +183,8 @@ class LowRankLearner(Learner):
         positions), plus each term ``extra_loss()`` returns, added in order.
 
         ``params`` must be what the active units train (the pool on "train"). Adam with ``lr``
-        over ``params`` and the head's parameters; the gradient norm is clipped at ``grad_clip``
+        over ``params`` and the head's parameters (``optimizer`` "sgd": SGD with ``momentum``;
+        ``schedule`` "cosine": the rate anneals to 0 over the task's steps); the gradient norm is clipped at ``grad_clip``
         over ``params`` (and the head's parameters too with ``clip_head``). One generator seeded
         with ``seed`` draws the epoch orders and, with ``augment``, the augmentations; without
         ``augment`` the batches come from ``prefix`` (the cached frozen stages) when there is
@@ -190,11 +195,11 @@ class LowRankLearner(Learner):
         labels = torch.as_tensor(targets, dtype=torch.long, device=self.backbone.device)
         trained = [*params, *head.parameters()]
         clipped = trained if clip_head else params
-        if o.unit_lr_scale == 1.0:
-            optimiser = torch.optim.Adam(trained, lr=o.lr)
-        else:
-            optimiser = torch.optim.Adam([{"params": params, "lr": o.lr * o.unit_lr_scale},
-                                          {"params": list(head.parameters()), "lr": o.lr}])
+        groups = ([{"params": trained}] if o.unit_lr_scale == 1.0 else
+                  [{"params": params, "lr": o.lr * o.unit_lr_scale},
+                   {"params": list(head.parameters())}])
+        optimiser = (torch.optim.Adam(groups, lr=o.lr) if o.optimizer == "adam" else
+                     torch.optim.SGD(groups, lr=o.lr, momentum=o.momentum))
         n, last = len(labels), None
         group = active()
         # across ranks every rank draws the same epoch orders and takes its part of each batch;
@@ -206,6 +211,9 @@ class LowRankLearner(Learner):
         per_epoch = -(-n // o.batch_size)
         budget = o.steps_per_task
         epochs = o.epochs if budget is None else -(-budget // max(per_epoch, 1))
+        total = per_epoch * epochs if budget is None else min(budget, per_epoch * epochs)
+        schedule = (torch.optim.lr_scheduler.CosineAnnealingLR(optimiser, T_max=max(total, 1))
+                    if o.schedule == "cosine" else None)
         steps = 0
         for _ in range(epochs):
             order, losses, ces, terms = torch.randperm(n, generator=gen), [], [], []
@@ -240,6 +248,8 @@ class LowRankLearner(Learner):
                 if o.grad_clip:
                     torch.nn.utils.clip_grad_norm_(clipped, o.grad_clip)
                 optimiser.step()
+                if schedule is not None:
+                    schedule.step()
                 # Autocast keeps the bf16 copy of every trainable leaf it casts until the
                 # outermost autocast context exits, and the engine holds one around the whole
                 # task: without this every step would run the first step's head weights.

@@ -4,7 +4,7 @@ Model Continual Learning", Findings of EMNLP 2023), in the class-incremental set
 For each task t:
   1. new low-rank units (A_t, B_t) on every target layer; A_t ~ N(0, init_std^2), B_t = 0
   2. train them with the linear head: CE over the current task's classes (older rows frozen)
-       + lambda_orth * sum_layers ||A_old A_t^T||_F^2   (A_old: all earlier tasks' A, frozen)
+       + lambda_orth * sum_layers sum_ij |(A_old A_t^T)_ij|   (A_old: all earlier tasks' A, frozen)
        + lambda_l2 * sum_layers (||A_t||_F + ||B_t||_F)  (the paper's lambda_2; 0 by default)
   3. freeze them: every task's units stay active, the model is W0 + scale * sum_t B_t A_t
 Predict: one model for every input (no task id), argmax of the head over all classes seen.
@@ -15,9 +15,12 @@ covers the current task's classes only and older rows stay frozen (``head_loss: 
 the InfLoRA and SD-LoRA code trains every LoRA baseline in class-incremental vision. CE over
 every seen class (``head_loss: seen``) on the current task's data alone drives every old logit
 down: on the offline vision preset (seed 1993) it predicted the last task for all 2,000 test
-images (final accuracy 10.0%, task-given accuracy 97.6%) against 30.8% with ``current``. The
-orthogonality term is the squared Frobenius norm the paper writes (the authors' code sums
-absolute values) [paper over code]; lambda_orth 0.5 and lambda_l2 0 are the authors' defaults.
+images (final accuracy 10.0%, task-given accuracy 97.6%) against 30.8% with ``current``.
+
+The authors' recipe is the default: the orthogonality term sums absolute values (L1, their
+``orthogonal_loss``), lambda_orth 0.5 and lambda_l2 0, lr 1e-3, one epoch, units on q and v
+(the backbone default). ``orth_form: frobenius`` gives the squared Frobenius norm the paper
+writes; with A ~ N(0, 0.01^2) it is about 300x weaker than the L1 sum on MiniLM.
 
 What the three merged-LoRA baselines share (o-lora, inflora, sd-lora: the options, the task loop
 with a growing linear head, saving, and a unit pool built from a chosen layer class) is in
@@ -25,6 +28,8 @@ with a growing linear head, saving, and a unit pool built from a chosen layer cl
 """
 
 from __future__ import annotations
+
+from typing import Literal
 
 import torch
 from pydantic import Field
@@ -35,7 +40,10 @@ from .lowrank import LoRABaseline, LoRABaselineOptions
 
 
 class OLoRAOptions(LoRABaselineOptions):
+    epochs: int = Field(1, ge=0)  # the authors' scripts: one epoch per task
     lambda_orth: float = Field(0.5, ge=0)  # the paper's lambda_1
+    # "l1": sum |A_old A_new^T| (the authors' code); "frobenius": ||A_old A_new^T||_F^2 (paper)
+    orth_form: Literal["l1", "frobenius"] = "l1"
     lambda_l2: float = Field(0.0, ge=0)  # the paper's lambda_2 on the new units
 
 
@@ -45,8 +53,12 @@ class OLoRA(LoRABaseline):
     options_model = OLoRAOptions
 
     def orthogonality(self) -> torch.Tensor:
-        """sum over layers of ||A_old A_new^T||_F^2 (the pool's penalty with no transfer term)."""
-        return self.pool.orthogonality()
+        """Sum over layers of sum_ij |(A_old A_new^T)_ij| ("l1") or ||A_old A_new^T||_F^2."""
+        if self.options.orth_form == "frobenius":
+            return self.pool.orthogonality()
+        terms = [(layer.A_pool @ layer.A_new.T).abs().sum() if layer.A_pool.shape[0]
+                 else layer.A_new.sum() * 0.0 for layer in self.pool.layers.values()]
+        return sum(terms)
 
     def _begin_task(self, task, ctx, prefix, extras):
         self.pool.begin_summed_task(derive_seed(self.seed, self.tasks_learned, "units"))

@@ -18,9 +18,13 @@ Choices:
 * **Retrieval**: ``TaskSignatures`` of kind ``kmeans`` (``kmeans_k`` centroids per task, unit
   covariance, features L2-normalised as by the signature default) on the frozen embedding; the
   highest log-likelihood under unit covariance is the nearest centroid in Euclidean distance.
+  The authors' code picks the nearest centroid by **L1** distance (``distance: l1``, the
+  default); ``distance: l2`` is the Euclidean nearest centroid.
 """
 
 from __future__ import annotations
+
+from typing import Literal
 
 import numpy as np
 import torch
@@ -36,6 +40,7 @@ from .lowrank import LowRankLearner, LowRankOptions
 
 class SPromptsOptions(LowRankOptions):
     kmeans_k: int = Field(5, gt=0)  # centroids per task
+    distance: Literal["l1", "l2"] = "l1"  # to the nearest centroid (the authors' code: L1)
 
 
 @LEARNERS.register("s-prompts", SPromptsOptions,
@@ -71,8 +76,18 @@ class SPrompts(LowRankLearner):
         return TaskOutcome(extras={"final_loss": loss,
                                    "signature_components": int(len(comp.means))})
 
+    def task_scores(self, features: np.ndarray) -> np.ndarray:
+        """(N, T): minus each sample's distance to task k's nearest centroid (L1 or L2, on the
+        signature's normalised features)."""
+        if self.options.distance == "l2":
+            return self.signatures.scores(features)
+        z = torch.as_tensor(self.signatures.prepare(features), dtype=torch.float64)
+        return np.stack([-torch.cdist(z, torch.as_tensor(comp.means, dtype=torch.float64),
+                                      p=1).min(1).values.numpy()
+                         for comp in self.signatures.tasks], axis=1)
+
     def predict(self, data: LabeledData, ctx: Context) -> Prediction:
-        tasks = retrieve(self.signatures.scores(ctx.features(data, desc="embed test")), "sample")
+        tasks = retrieve(self.task_scores(ctx.features(data, desc="embed test")), "sample")
         return Prediction(classes=self._classify(data, ctx, tasks), tasks=tasks.astype(np.int64))
 
     def predict_given_task(self, data, ctx, tasks, task_classes) -> np.ndarray:
