@@ -25,8 +25,11 @@ from proteus.storage import save_model
 
 def _raw(root, name: str) -> dict:
     learner = {"name": name}
-    if "epochs" in LEARNERS.get(name).options.model_fields:
-        learner.update(epochs=1, rank=2)
+    fields = LEARNERS.get(name).options.model_fields
+    if "epochs" in fields:
+        learner["epochs"] = 1
+    if "rank" in fields:
+        learner["rank"] = 2
     if "proj_dim" in LEARNERS.get(name).options.model_fields:
         learner["proj_dim"] = 128
     return tiny_config_dict(root, name=name, learner=learner)

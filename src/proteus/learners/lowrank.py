@@ -36,14 +36,10 @@ from .base import Context, Learner, TaskOutcome
 PREFIX_KEEP_BYTES = 64 * 1024
 
 
-class LowRankOptions(Options):
-    """The low-rank units and training options every low-rank learner shares (PROTEUS's names
-    and defaults)."""
+class TrainingOptions(Options):
+    """The training recipe every gradient-trained learner shares (:meth:`LowRankLearner._fit`;
+    PROTEUS's defaults): what prompt learners, which train no low-rank units, take alone."""
 
-    targets: list[str] | None = None  # regexes over layer names; None = the backbone's default
-    rank: int = Field(4, gt=0)
-    scale: float = 0.1  # the PROTEUS authors' code scales the whole update by 0.1
-    init_std: float = 0.01
     epochs: int = Field(5, ge=0)
     # the training budget in optimiser steps per task (overrides epochs; the last epoch stops
     # part-way): one budget that every gradient-trained learner reads alike
@@ -58,6 +54,16 @@ class LowRankOptions(Options):
     # "cosine": the learning rate follows half a cosine from lr to 0 over the task's steps
     schedule: Literal["constant", "cosine"] = "constant"
     augment: bool = False  # RandomResizedCrop + flip; off caches the frozen stages below the units
+
+
+class LowRankOptions(TrainingOptions):
+    """The low-rank units and training options every low-rank learner shares (PROTEUS's names
+    and defaults)."""
+
+    targets: list[str] | None = None  # regexes over layer names; None = the backbone's default
+    rank: int = Field(4, gt=0)
+    scale: float = 0.1  # the PROTEUS authors' code scales the whole update by 0.1
+    init_std: float = 0.01
 
 
 class LowRankLearner(Learner):

@@ -44,9 +44,8 @@ Shared choices:
 
 * The training loop is every gradient-trained learner's (``LowRankLearner._fit``: Adam,
   ``epochs`` or ``steps_per_task``, ``batch_size``, gradient-norm clip ``grad_clip`` over
-  prompts, keys and head), so tables compare methods, not loops. The low-rank fields inherited
-  from ``LowRankOptions`` (``targets``, ``rank``, ``scale``, ``init_std``, ``unit_lr_scale``)
-  are unused.
+  prompts, keys and head), so tables compare methods, not loops. The options are that loop's
+  (``TrainingOptions``), without the low-rank units' ``targets``, ``rank``, ``scale``.
 * The head is one linear layer over all seen classes; a task's training masks the logits to its
   own classes, so other classes' rows get no gradient (and are kept bit for bit).
 * Layer indices are the papers' (for a 12-layer ViT-B); on a shallower backbone the indices past
@@ -85,12 +84,12 @@ from ..data.scenario import Task
 from ..prompting import PromptSlots, cosine_match, gram_schmidt, uniform_parameter
 from ..seeding import derive_seed, generator
 from .base import LEARNERS, Capabilities, Context, Prediction, TaskOutcome
-from .lowrank import LowRankLearner, LowRankOptions, _HeadRows
+from .lowrank import LowRankLearner, TrainingOptions, _HeadRows
 
 Prompts = tuple[dict[int, torch.Tensor], dict[int, tuple[torch.Tensor, torch.Tensor]]]
 
 
-class PromptOptions(LowRankOptions):
+class PromptOptions(TrainingOptions):
     """The training recipe of L2P/DualPrompt's code: Adam at ``lr`` x ``batch_size`` / 256
     (their ``lr 0.03`` scaled by the global batch), 5 epochs, global batch 128 (16 x 8 GPUs),
     gradient clip 1.0."""
