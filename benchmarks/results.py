@@ -58,7 +58,8 @@ VARIANTS = {
 # baselines run from their presets, configs/offline/baselines/<name>-<preset>.yaml
 # (lda: the frozen-feature control, streaming shrinkage LDA on PROTEUS's retrieval features)
 BASELINES = ["simplecil", "ranpac", "seq-lora", "joint-lora", "o-lora", "inflora", "sd-lora",
-             "s-prompts", "lda", "inflora-ca", "sd-lora-ca", "o-lora-ca", "slca", "aper", "fecam"]
+             "s-prompts", "lda", "inflora-ca", "sd-lora-ca", "o-lora-ca", "slca", "aper", "fecam",
+             "l2p", "dualprompt", "coda-prompt", "hide-prompt"]
 # the analytic controls on frozen features that PROTEUS's own parts must beat
 CONTROLS = ["lda", "lda, embedding only", "fecam", "aper", "ranpac", "simplecil"]
 # diagnostic variants of a baseline: (baseline, overrides on top of its preset)
@@ -66,6 +67,10 @@ BASELINE_VARIANTS = {
     "o-lora, CE over every seen class": ("o-lora", ["learner.head_loss=seen"]),
     "joint-lora, 10 epochs": ("joint-lora", ["learner.epochs=10"]),
     "lda, embedding only": ("lda", ["learner.signature_stages=[]"]),
+    # SD-LoRA's magnitudes carried over per layer instead of restarting at 0.8 (the control
+    # for benchmarks/diagnose_sd_lora.py)
+    "sd-lora-ca, magnitudes carried over": ("sd-lora-ca", ["learner.magnitude_sharing=per-layer",
+                                                            "learner.magnitude_init=null"]),
 }
 # what the protocol sanity check compares: learners trained by gradient on one task at a time
 CONTINUAL_LORA = ["seq-lora", "o-lora", "inflora", "sd-lora", "s-prompts"]
@@ -248,6 +253,10 @@ def main(argv: list[str] | None = None) -> int:
                     base, changes = BASELINE_VARIANTS.get(variant, (variant, []))
                     path = ROOT / f"configs/offline/baselines/{base}-{preset}.yaml"
                     overrides = list(changes)
+                    if not path.is_file():  # e.g. the prompt family: transformer presets only
+                        console.print(f"[yellow]{variant}: no {preset} preset ({path.name}), "
+                                      "skipped[/yellow]")
+                        continue
                 else:
                     path, overrides = PRESETS[preset], list(VARIANTS[variant])
                 overrides += [f"seed={seed}", "progress=false",
