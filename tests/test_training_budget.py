@@ -71,3 +71,34 @@ def test_optimizer_and_cosine_schedule_reach_every_step(tmp_path, one_thread, mo
     expected = [0.01 * 0.5 * (1 + torch.cos(torch.tensor(torch.pi * i / 6)).item())
                 for i in range(6)]
     assert [r[0] for r in rates] == pytest.approx(expected, rel=1e-6)
+
+
+def test_every_gradient_fit_is_recorded_per_task_and_plotted(tmp_path, one_thread):
+    """The engine records each task's gradient fits (per-epoch loss and cross-entropy, steps)
+    and the report plots them; a learner that trains only on the first task (aper) records
+    only there, and an analytic one (simplecil) nothing."""
+    import json
+
+    import proteus
+    from proteus.config import validate
+    from proteus.report import TRAINING_PLOT
+
+    out = {}
+    for name in ("seq-lora", "aper", "simplecil"):
+        learner = {"name": name, **({"epochs": 2, "batch_size": 16} if name != "simplecil"
+                                    else {})}
+        raw = tiny_config_dict(tmp_path, name=name, learner=learner)
+        proteus.run(validate(raw))
+        out[name] = json.loads((tmp_path / name / "results.json").read_text())
+    per_task = out["seq-lora"]["extras"]["per_task"]
+    for extras in per_task:
+        (fit,) = extras["training_curves"]
+        assert len(fit["loss"]) == len(fit["ce"]) == 2 and fit["steps"] > 0
+        assert fit["loss"][-1] < fit["loss"][0]  # two epochs on a task: the loss falls
+    assert (tmp_path / "seq-lora" / TRAINING_PLOT).is_file()
+    assert TRAINING_PLOT in (tmp_path / "seq-lora" / "report.md").read_text()
+    aper = out["aper"]["extras"]["per_task"]
+    assert "training_curves" in aper[0] and all("training_curves" not in e for e in aper[1:])
+    simple = out["simplecil"].get("extras", {}).get("per_task") or []
+    assert all("training_curves" not in e for e in simple)
+    assert not (tmp_path / "simplecil" / TRAINING_PLOT).exists()

@@ -128,6 +128,9 @@ def _run(config: RunConfig, console: Console | None, resume: bool, group: dist.D
             if key in eval_timing:
                 step_timing[key] = round(eval_timing[key], 3)
         extras = dict(outcome.extras)
+        curves = learner.training_curves()
+        if curves:  # per-epoch training loss of each gradient fit of this task (the report plots)
+            extras["training_curves"] = curves
         if outcome.certificate is not None:
             # per task the summary; the clusters of the last certificate go in once, at the end
             extras["certificate"] = {k: v for k, v in outcome.certificate.items()

@@ -37,6 +37,7 @@ CURVE_PLOT = "accuracy_curve.png"
 CONFUSION_PLOT = "retrieval_confusion.png"
 CERTIFICATE_PLOT = "certificate_delta.png"
 UNITS_PLOT = "units.png"
+TRAINING_PLOT = "training_loss.png"
 # Past this many tasks, per-cell numbers overlap and hide the heat-map they annotate.
 MAX_ANNOTATED_TASKS = 25
 MISSING = "—"
@@ -473,6 +474,37 @@ def _plot_units(units: list[dict | None], path: Path, title: str) -> None:
     _save_figure(fig, path)
 
 
+def _plot_training(curves: list[list[dict]], path: Path, title: str) -> None:
+    """Every gradient fit's mean training loss per epoch (solid) and its cross-entropy alone
+    (dashed, where penalties make them differ), one after another, tasks apart: whether each
+    task's budget reached a plateau."""
+    fig, ax = plt.subplots(figsize=(max(6, min(16, 0.25 * sum(
+        len(c["loss"]) for fits in curves for c in fits) + 4)), 4))
+    x, starts = 0, []
+    for k, fits in enumerate(curves):
+        starts.append((x, k))
+        for fit in fits:
+            epochs = np.arange(x + 1, x + 1 + len(fit["loss"]))
+            ax.plot(epochs, fit["loss"], marker=".", color="tab:blue",
+                    label="loss" if x == 0 else None)
+            if not np.allclose(fit["loss"], fit["ce"]):
+                ax.plot(epochs, fit["ce"], linestyle="--", color="tab:orange",
+                        label="cross-entropy" if x == 0 else None)
+            x += len(fit["loss"])
+    for start, k in starts:
+        ax.axvline(start + 0.5, color="0.85", linewidth=0.8)
+    ax.set_xticks([start + 1 for start, _ in starts], [f"t{k}" for _, k in starts],
+                  fontsize=7)
+    ax.set_xlabel("epoch, task by task")
+    ax.set_ylabel("mean training loss")
+    if all(v > 0 for fits in curves for c in fits for v in c["loss"]):
+        ax.set_yscale("log")
+    ax.grid(alpha=0.3, axis="y")
+    ax.legend(fontsize=7)
+    ax.set_title(f"{title}: training loss per epoch")
+    _save_figure(fig, path)
+
+
 def write_report(run_dir: Path, results: dict) -> list[Path]:
     """Write the plots, then ``report.md``, into ``run_dir``; return the paths written."""
     if not isinstance(results, dict):
@@ -508,6 +540,10 @@ def write_report(run_dir: Path, results: dict) -> list[Path]:
     if any(units):
         _plot_units(units, run_dir / UNITS_PLOT, title)
         plots.append(run_dir / UNITS_PLOT)
+    curves = [(e.get("training_curves") or []) if isinstance(e, dict) else [] for e in per_task]
+    if any(curves):
+        _plot_training(curves, run_dir / TRAINING_PLOT, title)
+        plots.append(run_dir / TRAINING_PLOT)
 
     report = run_dir / REPORT_FILE
     _atomic_write(report, _report_md(results, acc, seen, plots).encode("utf-8"))

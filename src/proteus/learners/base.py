@@ -191,6 +191,12 @@ class Learner(ABC):
         retrieves a task and reads that task's backbone)."""
         return None
 
+    def training_curves(self) -> list[dict[str, Any]]:
+        """The gradient fits run since the last call, each as its per-epoch mean training loss
+        (``loss``), cross-entropy alone (``ce``) and optimiser ``steps``; cleared by the call.
+        The engine records them per task and the report plots them. None trained: []."""
+        return []
+
     def parameter_counts(self) -> dict[str, int]:
         """Trained parameters in the last task and bytes of stored state."""
         tensors, _ = self.state()

@@ -85,6 +85,11 @@ class LowRankLearner(Learner):
         self.start = (backbone.first_stage(list(self.pool.layers))
                       if self.pool is not None and not options.augment else 0)
         self._channels_last = False  # the layout of the frozen-stage prefix (see _cached_prefix)
+        self._curves: list[dict[str, Any]] = []  # fits since training_curves() was last called
+
+    def training_curves(self) -> list[dict[str, Any]]:
+        curves, self._curves = self._curves, []
+        return curves
 
     def _build_pool(self) -> LowRankPool | None:
         o = self.options
@@ -269,6 +274,8 @@ class LowRankLearner(Learner):
                 self.fit_trace["ce"].append(float(all_reduce(torch.stack(ces)).mean()))
                 self.fit_trace["terms"].append([float(torch.stack(t).mean())
                                                 for t in zip(*terms)] if terms[0] else [])
+        self._curves.append({"loss": list(self.fit_trace["loss"]),
+                             "ce": list(self.fit_trace["ce"]), "steps": steps})
         return last
 
     def _batch_features(self, prefix: torch.Tensor | None, items, rows: torch.Tensor,

@@ -203,8 +203,9 @@ class Proteus(LowRankLearner):
 
     def _unit_report(self, k: int, task: Task, ctx: Context, adapted: np.ndarray
                      ) -> dict[str, Any]:
-        """How much task ``k``'s units moved (METHOD.md section 5, measured): the training
-        curve with the cross-entropy and each penalty apart, ||alpha w|| per layer, the relative
+        """How much task ``k``'s units moved (METHOD.md section 5, measured): the last epoch's
+        cross-entropy and each penalty apart (the whole curve is the engine's
+        ``training_curves``), ||alpha w|| per layer, the relative
         weight update ||dW_k|| / ||W|| per target, and the relative change of the embedding
         ||h_k - h|| / ||h|| on (up to 256 of) the task's training samples."""
         o, trace = self.options, self.fit_trace  # _train_units ran _fit just before
@@ -224,7 +225,6 @@ class Proteus(LowRankLearner):
                   / np.maximum(np.linalg.norm(frozen, axis=1), 1e-12))
         last_terms = trace["terms"][-1] if trace["terms"] else []
         return {
-            "loss_curve": trace["loss"], "ce_curve": trace["ce"],
             "ce": trace["ce"][-1] if trace["ce"] else None,
             # each penalty as it enters the loss (weight x value), beside the cross-entropy
             "penalties": dict(zip(names, last_terms)),
