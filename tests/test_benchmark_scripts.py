@@ -5,6 +5,7 @@ from __future__ import annotations
 import importlib.util
 from pathlib import Path
 
+import numpy as np
 import pytest
 import yaml
 
@@ -162,3 +163,41 @@ def test_tuning_chooses_on_validation_and_writes_down_the_grid(tmp_path, monkeyp
     assert "validation final %" in out.with_suffix(".md").read_text()
     with pytest.raises(SystemExit):
         tune.parse_grid(["learner.proj_dim"])
+
+
+def test_adaptation_gap_verdicts():
+    gap = _load("adaptation_gap")
+
+    def run(task_il):
+        return {"task_il_accuracy": task_il, "final_accuracy": task_il / 2}
+
+    store = {"a.yaml@1": {"simplecil": run(0.80), "lda": run(0.88), "joint-lora": run(0.95)},
+             "b.yaml@1": {"lda": run(0.93), "joint-lora": run(0.95)},
+             "c.yaml@1": {"ranpac": run(0.90), "lda": run(0.97)}}
+    text = "\n".join(gap.render(store, 5.0))
+    assert "Gap: +7.00 points (meets the 5-point criterion)." in text
+    assert "Gap: +2.00 points (misses the 5-point criterion)." in text
+    assert "the best frozen task-IL, 97.00, leaves at most 3.00 points" in text
+
+
+def test_sd_lora_diagnostic_reports_the_restart_factor(tmp_path, monkeypatch, capsys):
+    """The factor is magnitude_init / (||B_j|| ||A_j||) of every finished task's units."""
+    import proteus
+    from proteus.config import validate
+
+    diagnose = _load("diagnose_sd_lora")
+    monkeypatch.chdir(tmp_path)
+    raw = tiny_config_dict(tmp_path / "runs", name="sd", save_model=True,
+                           learner={"name": "sd-lora", "rank": 2, "epochs": 2,
+                                    "batch_size": 16})
+    proteus.run(validate(raw))
+    run = tmp_path / "runs" / "sd"
+    assert diagnose.main([str(run)]) == 0
+    out = capsys.readouterr().out
+    model = proteus.load_model(run / "model", device="cpu")
+    layers = list(model.learner.pool.layers.values())
+    factors = [0.8 / float(layer.task_norms()[0]) for layer in layers]
+    row = [line for line in out.splitlines() if line.strip("│ ").startswith("0 ")][0]
+    cells = [c.strip() for c in row.strip("│ ").split("│")]
+    assert float(cells[1]) == pytest.approx(float(np.median(factors)), abs=0.01)
+    assert "task-IL" in out
