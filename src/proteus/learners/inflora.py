@@ -43,7 +43,7 @@ from torch import nn
 from ..dist import active, all_reduce, local
 from ..seeding import derive_seed
 from .base import LEARNERS
-from .lowrank import LoRABaseline, LoRABaselineOptions, UnitPool
+from .lowrank import LoRABaseline, LoRABaselineOptions
 
 
 def complement_basis(memory: torch.Tensor) -> torch.Tensor:
@@ -120,11 +120,11 @@ class InfLoRA(LoRABaseline):
     options_model = InfLoRAOptions
     grow_keys = ("memory.*",)
 
-    def _build_pool(self):
-        o = self.options
-        if o.targets is None and getattr(self.backbone, "kv_targets", None) is not None:
-            o = o.model_copy(update={"targets": self.backbone.kv_targets})
-        return UnitPool(self.backbone, o.targets, o.rank, o.scale, o.init_std, self.layer_cls)
+    def _targets(self) -> list[str] | None:
+        """Unset ``targets``: the attention keys and values where the backbone has them."""
+        if self.options.targets is None:
+            return getattr(self.backbone, "kv_targets", None)
+        return self.options.targets
 
     def __init__(self, options: InfLoRAOptions, backbone, seed: int = 0):
         super().__init__(options, backbone, seed)

@@ -195,8 +195,9 @@ class LowRankLearner(Learner):
 
         ``params`` must be what the active units train (the pool on "train"). Adam with ``lr``
         over ``params`` and the head's parameters (``optimizer`` "sgd": SGD with ``momentum``;
-        ``schedule`` "cosine": the rate anneals to 0 over the task's steps); the gradient norm is clipped at ``grad_clip``
-        over ``params`` (and the head's parameters too with ``clip_head``). One generator seeded
+        ``schedule`` "cosine": the rate anneals to 0 over the task's steps); the gradient norm
+        is clipped at ``grad_clip`` over ``params`` (and the head's parameters too with
+        ``clip_head``). One generator seeded
         with ``seed`` draws the epoch orders and, with ``augment``, the augmentations; without
         ``augment`` the batches come from ``prefix`` (the cached frozen stages) when there is
         one. Returns the mean loss of the last epoch (None: no epoch ran).
@@ -217,8 +218,9 @@ class LowRankLearner(Learner):
         # augmentations come from a stream of its own (the batch's other rows are not its own)
         aug_gen = (generator(seed, RUN, "augment", group.rank) if group.enabled and o.augment
                    else gen)
-        # per epoch: mean total loss, cross-entropy and each extra term (a training curve)
-        self.fit_trace: dict[str, list] = {"loss": [], "ce": [], "terms": []}
+        # per epoch: mean total loss, cross-entropy and each extra term (a training curve);
+        # kept as the last fit's trace and handed out by training_curves()
+        self.fit_trace: dict[str, Any] = {"loss": [], "ce": [], "terms": []}
         per_epoch = -(-n // o.batch_size)
         budget = o.steps_per_task
         epochs = o.epochs if budget is None else -(-budget // max(per_epoch, 1))
@@ -274,8 +276,8 @@ class LowRankLearner(Learner):
                 self.fit_trace["ce"].append(float(all_reduce(torch.stack(ces)).mean()))
                 self.fit_trace["terms"].append([float(torch.stack(t).mean())
                                                 for t in zip(*terms)] if terms[0] else [])
-        self._curves.append({"loss": list(self.fit_trace["loss"]),
-                             "ce": list(self.fit_trace["ce"]), "steps": steps})
+        self.fit_trace["steps"] = steps
+        self._curves.append(self.fit_trace)  # a new _fit starts a new dict: this one stays
         return last
 
     def _batch_features(self, prefix: torch.Tensor | None, items, rows: torch.Tensor,
@@ -361,7 +363,12 @@ class LoRABaseline(LowRankLearner):
 
     def _build_pool(self) -> UnitPool:
         o = self.options
-        return UnitPool(self.backbone, o.targets, o.rank, o.scale, o.init_std, self.layer_cls)
+        return UnitPool(self.backbone, self._targets(), o.rank, o.scale, o.init_std,
+                        self.layer_cls)
+
+    def _targets(self) -> list[str] | None:
+        """Where the units go: the ``targets`` option (None: the backbone's default)."""
+        return self.options.targets
 
     # -- hooks ---------------------------------------------------------------------------------
     def _begin_task(self, task: Task, ctx: Context, prefix: torch.Tensor | None,
