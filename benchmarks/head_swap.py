@@ -1,7 +1,8 @@
 """Head-swap control: each baseline's final features under analytic heads fitted over all classes.
 
-    python benchmarks/head_swap.py --presets vision --seed 1993
-    python benchmarks/head_swap.py --learners inflora sd-lora --presets vision text --seed 1994
+    python benchmarks/head_swap.py --presets vision --seeds 1993
+    python benchmarks/head_swap.py --learners inflora sd-lora --presets vision text --seeds 1994
+    python benchmarks/head_swap.py --runs runs/bench --presets text --seeds 1993 1994 1995
 
 Runs each learner's preset (``configs/offline/baselines/<learner>-<preset>.yaml``) through every
 task, then takes the embedding its head reads after the last task (``Learner.embedding``) for
@@ -10,6 +11,9 @@ every training and test sample of the scenario and fits, over all classes at onc
 * **NCM**: cosine nearest class mean (SimpleCIL's head);
 * **ridge**: the ridge classifier of RanPAC / PROTEUS on the embedding itself (no random
   projection), lambda chosen on a split of the training data as there.
+
+With ``--runs``, the finished runs of ``benchmarks/results.py`` are measured instead (their saved
+final model on their rebuilt scenario), so the head-swap rows cost no retraining.
 
 Class-IL accuracy of the learner's own head beside the two analytic heads on the same features
 separates representation quality (the analytic heads) from head calibration (the gap to the
@@ -36,12 +40,13 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "src"))
 
 import proteus  # noqa: E402
-from proteus.assemble import assemble  # noqa: E402
+from proteus.assemble import assemble, make_context  # noqa: E402
 from proteus.backbones.base import autocast_context  # noqa: E402
 from proteus.data import stack  # noqa: E402
 from proteus.heads import RidgeHead  # noqa: E402
 from proteus.learners.base import argmax_within_task  # noqa: E402
 from proteus.learners.simplecil import cosine_scores  # noqa: E402
+from proteus.model import load_model  # noqa: E402
 from proteus.storage import write_json_atomic, write_text_atomic  # noqa: E402
 
 LEARNERS = ["seq-lora", "o-lora", "inflora", "sd-lora", "joint-lora"]
@@ -54,18 +59,43 @@ def measure(path: Path, seed: int, console: Console) -> dict:
                                         "output_dir=runs/head-swap"])
     learner, preset = config.learner.name, path.stem
     run = assemble(config)
-    scenario, ctx, model = run.scenario, run.ctx, run.learner
     with autocast_context(run.device, config.precision):
-        for task in scenario.tasks:
-            model.learn_task(task, ctx)
+        for task in run.scenario.tasks:
+            run.learner.learn_task(task, run.ctx)
             console.print(f"{preset} · {learner} · seed {seed}: task {task.index + 1}/"
-                          f"{len(scenario.tasks)}")
+                          f"{len(run.scenario.tasks)}")
+    return swap_heads(run, seed)
+
+
+def measure_saved(run_dir: Path) -> dict:
+    """The same measurement on a finished run (``benchmarks/results.py`` writes them under
+    ``runs/bench/<preset>/``): its scenario rebuilt from the recorded config, its learner from
+    the model it saved after the last task. Nothing is retrained."""
+    config = proteus.load_config(run_dir / "config.yaml", ["progress=false"])
+    run = assemble(config, backbone=False, learner=False)
+    model = load_model(run_dir / "model", device=config.device)
+    recorded = json.loads((run_dir / "class_order.json").read_text())["class_order"]
+    if list(recorded) != list(run.scenario.class_order):
+        raise SystemExit(f"{run_dir}: the rebuilt scenario's class order differs from the "
+                         "recorded one; was it run with another version of the data?")
+    run.learner, run.backbone = model.learner, model.backbone
+    run.ctx = make_context(model.learner, seed=config.seed, batch_size=config.eval.batch_size,
+                           progress=False, num_tasks=len(run.scenario.tasks))
+    return swap_heads(run, config.seed)
+
+
+def swap_heads(run, seed: int) -> dict:
+    """Own head against NCM and ridge fitted over all classes on ``run.learner``'s final
+    embedding."""
+    scenario, ctx, model = run.scenario, run.ctx, run.learner
+    with autocast_context(run.device, run.config.precision):
         train = stack([t.train for t in scenario.tasks])
         test = stack([t.test for t in scenario.tasks])
         own = model.scores(test, ctx)
         x_train, x_test = model.embedding(train, ctx), model.embedding(test, ctx)
     if own is None or x_train is None:
-        raise SystemExit(f"{learner}: no scores over all classes or no single embedding")
+        raise SystemExit(f"{run.config.learner.name}: no scores over all classes or no single "
+                         "embedding")
     classes = [t.classes for t in scenario.tasks]
     true_task = np.concatenate([np.full(len(t.test), t.index) for t in scenario.tasks])
     n_classes = len(scenario.class_names)
@@ -115,7 +145,11 @@ def main(argv: list[str] | None = None) -> int:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--presets", nargs="+", default=["vision"], choices=["vision", "text"])
     parser.add_argument("--learners", nargs="+", default=LEARNERS)
-    parser.add_argument("--seed", type=int, default=1993)
+    parser.add_argument("--seeds", nargs="+", type=int, default=[1993])
+    parser.add_argument("--runs", type=Path, default=None,
+                        help="measure the finished runs <RUNS>/<preset>/<learner>-s<seed> "
+                             "(benchmarks/results.py writes them to runs/bench) instead of "
+                             "training the learners again; missing runs are skipped")
     parser.add_argument("--store", type=Path, default=ROOT / "docs/head_swap.json")
     parser.add_argument("--out", type=Path, default=ROOT / "docs/head_swap.md")
     args = parser.parse_args(argv)
@@ -123,12 +157,21 @@ def main(argv: list[str] | None = None) -> int:
     store = json.loads(args.store.read_text()) if args.store.exists() else {}
     for preset in args.presets:
         for learner in args.learners:
-            result = measure(ROOT / f"configs/offline/baselines/{learner}-{preset}.yaml",
-                             args.seed, console)
-            console.print(f"{preset} · {learner}: own {100 * result['own']:.2f}, NCM "
-                          f"{100 * result['ncm']:.2f}, ridge {100 * result['ridge']:.2f}")
-            store.setdefault(preset, {}).setdefault(learner, {})[str(args.seed)] = result
-            write_json_atomic(args.store, store)  # each result kept as soon as it is measured
+            for seed in args.seeds:
+                if args.runs is not None:
+                    run_dir = args.runs / preset / f"{learner}-s{seed}"
+                    if not (run_dir / "model").is_dir():
+                        console.print(f"{run_dir}: no finished run with a saved model, skipped")
+                        continue
+                    result = measure_saved(run_dir)
+                else:
+                    result = measure(ROOT / f"configs/offline/baselines/{learner}-{preset}.yaml",
+                                     seed, console)
+                console.print(f"{preset} · {learner} · seed {seed}: own "
+                              f"{100 * result['own']:.2f}, NCM {100 * result['ncm']:.2f}, "
+                              f"ridge {100 * result['ridge']:.2f}")
+                store.setdefault(preset, {}).setdefault(learner, {})[str(seed)] = result
+                write_json_atomic(args.store, store)  # each result kept once it is measured
     write_text_atomic(args.out, render(store) + "\n")
     console.print(render(store))
     return 0

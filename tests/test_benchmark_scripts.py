@@ -125,6 +125,31 @@ def test_head_swap_fits_analytic_heads_on_the_final_features(tmp_path, monkeypat
     assert "| inflora | 1990 |" in md and f"{100 * result['ridge']:.2f}" in md
 
 
+def test_head_swap_on_a_finished_run_equals_training_it_again(tmp_path, monkeypatch):
+    import proteus
+
+    swap = _load("head_swap")
+    monkeypatch.chdir(tmp_path)
+    raw = tiny_config_dict(tmp_path / "runs", learner={"name": "o-lora", "rank": 2,
+                                                       "epochs": 1, "batch_size": 16})
+    path = tmp_path / "o-lora.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    from rich.console import Console
+
+    retrained = swap.measure(path, 1990, Console(quiet=True))
+    config = proteus.load_config(path, ["seed=1990", "progress=false",
+                                        f"output_dir={tmp_path / 'bench'}", "name=o-lora-s1990"])
+    proteus.run(config, console=Console(quiet=True))
+    saved = swap.measure_saved(tmp_path / "bench" / "o-lora-s1990")
+    for key in ("own", "ncm", "ridge", "own_task_il"):
+        assert saved[key] == pytest.approx(retrained[key], abs=1e-9), key
+    # a run whose model is missing is skipped by name, not measured
+    assert swap.main(["--runs", str(tmp_path / "bench"), "--presets", "vision", "--learners",
+                      "o-lora", "--seeds", "1990", "--store", str(tmp_path / "s.json"),
+                      "--out", str(tmp_path / "s.md")]) == 0
+    assert not (tmp_path / "s.json").exists()
+
+
 def test_a_baselines_embedding_is_what_its_head_reads(tmp_path):
     from conftest import assembled
     import numpy as np
