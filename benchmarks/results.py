@@ -87,6 +87,10 @@ PERCENT = {"final_accuracy", "task_il_accuracy", "average_incremental_accuracy",
            "average_forgetting", "task_retrieval_accuracy", "certified_fraction"}
 
 
+def load_json(path: Path) -> dict:
+    return json.loads(path.read_text()) if path.is_file() else {}
+
+
 def summarise(results: dict, wall_s: float) -> dict:
     out = dict(results["metrics"])
     per_task = (results.get("extras") or {}).get("per_task") or []
@@ -166,7 +170,90 @@ def control_summary(store: dict) -> list[str]:
     return [*lines, ""] if len(lines) > 2 else []
 
 
-def render(store: dict, out_md: Path) -> None:
+def head_swap_cell(head_swap: dict, preset: str, variant: str, seeds: list[str]) -> str:
+    """Ridge / NCM class-IL on the variant's final features (``benchmarks/head_swap.py``), mean
+    over the seeds measured there; the seeds are named when they differ from the row's."""
+    measured = head_swap.get(preset, {}).get(variant, {})
+    if not measured:
+        return "—"
+    cell = (f"{100 * np.mean([r['ridge'] for r in measured.values()]):.2f} / "
+            f"{100 * np.mean([r['ncm'] for r in measured.values()]):.2f}")
+    if sorted(measured) != seeds:
+        cell += f" (seeds {', '.join(sorted(measured))})"
+    return cell
+
+
+BEGIN = "<!-- begin: tables written by benchmarks/results.py from docs/results.json -->"
+END = "<!-- end: tables written by benchmarks/results.py -->"
+#: the rows of the baselines' tables in docs/baselines.md (the learners they compare)
+BASELINE_ROWS = ["proteus", "lda", "joint-lora", *[b for b in BASELINES if b not in
+                                                    ("lda", "joint-lora")]]
+
+
+def baseline_tables(store: dict, head_swap: dict) -> list[str]:
+    """One table per preset of every baseline measured, best final accuracy first."""
+    lines = [BEGIN, ""]
+    for preset, variants in store.items():
+        rows = []
+        for name in BASELINE_ROWS:
+            runs = variants.get(name)
+            if not runs:
+                continue
+            seeds = sorted(runs)
+            final = [runs[s]["final_accuracy"] for s in seeds]
+            task_il = [runs[s]["task_il_accuracy"] for s in seeds
+                       if runs[s].get("task_il_accuracy") is not None]
+            forgetting = [runs[s]["average_forgetting"] for s in seeds]
+            rows.append((float(np.mean(final)), f"| {name} | {', '.join(seeds)} | "
+                         f"{100 * np.mean(final):.2f}"
+                         + (f" ± {100 * np.std(final):.2f}" if len(final) > 1 else "")
+                         + f" | {f'{100 * np.mean(task_il):.2f}' if task_il else '—'}"
+                         + (f" ({len(task_il)} of {len(seeds)} seeds)"
+                            if task_il and len(task_il) < len(seeds) else "")
+                         + f" | {100 * np.mean(forgetting):.2f} | "
+                         + head_swap_cell(head_swap, preset, name, seeds) + " |"))
+        lines += [f"### {preset}: `{PRESETS[preset].relative_to(ROOT)}`", "",
+                  "| learner | seeds | class-IL final | task-IL | avg. forgetting | "
+                  "head-swap: ridge / NCM |", "|---|---|---:|---:|---:|---:|",
+                  *[row for _, row in sorted(rows, key=lambda r: -r[0])], ""]
+        lines += alignment_check(variants)
+    return [*lines, END]
+
+
+ALIGNED = ["inflora-ca", "o-lora-ca", "sd-lora-ca", "slca"]
+
+
+def alignment_check(variants: dict) -> list[str]:
+    """The baselines issue's bar: with classifier alignment, each LoRA baseline's class-IL
+    within 10 points of joint-lora's (means over the seeds each ran)."""
+    joint = _mean(variants.get("joint-lora", {}), "final_accuracy")
+    ran = [n for n in ALIGNED if variants.get(n)]
+    if joint is None or not ran:
+        return []
+    lines = [f"Classifier alignment against joint-lora ({100 * joint:.2f}), class-IL final; the "
+             "bar is within 10 points:", ""]
+    for name in ran:
+        gap = 100 * (_mean(variants[name], "final_accuracy") - joint)
+        lines.append(f"- {name}: {gap:+.2f} points over {len(variants[name])} seed(s), "
+                     + ("within." if gap >= -10 else "**not within**."))
+    return [*lines, ""]
+
+
+def write_baseline_tables(store: dict, head_swap: dict, path: Path) -> None:
+    """Replace the generated block of ``path`` (between BEGIN and END) with fresh tables."""
+    if not path.is_file():
+        return
+    text = path.read_text()
+    if BEGIN not in text or END not in text:
+        raise SystemExit(f"{path}: no generated block ({BEGIN} ... {END}) to replace")
+    head, rest = text.split(BEGIN, 1)
+    tail = rest.split(END, 1)[1]
+    write_text_atomic(path, head + "\n".join(baseline_tables(store, head_swap)) + tail)
+
+
+def render(store: dict, out_md: Path, head_swap: dict | None = None,
+           baselines_md: Path | None = None) -> None:
+    head_swap = head_swap or {}
     lines = ["# Results on the offline presets", "",
              "Targets (issue: PROTEUS): on the vision preset the default `proteus` should reach "
              "per-sample task retrieval >= 0.88 and final accuracy >= 0.87 (mean of 3 seeds) and "
@@ -185,12 +272,16 @@ def render(store: dict, out_md: Path) -> None:
              "at the end of each section. Mean ± std over the seeds listed (population std); "
              "accuracies in percent; wall time of the whole run on a 2-core CPU machine (the "
              "published runs shared those cores with other jobs, so their wall times are upper "
-             "bounds, not comparisons).", ""]
+             "bounds, not comparisons). Head-swap: class-IL of a ridge and a cosine nearest-class-"
+             "mean head fitted over all classes on the variant's final features "
+             "(`benchmarks/head_swap.py`, [head_swap.md](head_swap.md)); they measure the "
+             "features, not the learner's own head.", ""]
     lines += control_summary(store)
     for preset, variants in store.items():
         lines += [f"## {preset}: `{PRESETS[preset].relative_to(ROOT)}`", "",
-                  "| variant | seeds | " + " | ".join(label for _, label in COLUMNS) + " |",
-                  "|---|---|" + "---:|" * len(COLUMNS)]
+                  "| variant | seeds | " + " | ".join(label for _, label in COLUMNS)
+                  + " | head-swap: ridge / NCM |",
+                  "|---|---|" + "---:|" * (len(COLUMNS) + 1)]
         fig, ax = plt.subplots(figsize=(7, 4.5))
         for variant, runs in variants.items():
             seeds = sorted(runs)
@@ -203,6 +294,7 @@ def render(store: dict, out_md: Path) -> None:
                 if stat["mean"] is not None and stat["n"] < len(seeds):  # older runs lack it
                     cell += f" ({stat['n']} of {len(seeds)} seeds)"
                 cells.append(cell)
+            cells.append(head_swap_cell(head_swap, preset, variant, seeds))
             lines.append(f"| {variant} | {', '.join(seeds)} | " + " | ".join(cells) + " |")
             curve = np.mean([runs[s]["accuracy_seen"] for s in seeds], axis=0)
             ax.plot(range(1, len(curve) + 1), 100 * curve, marker="o", label=variant)
@@ -224,6 +316,8 @@ def render(store: dict, out_md: Path) -> None:
                   f"Regenerate: `python benchmarks/results.py --presets {preset} --variants "
                   f"{cmd_variants} --seeds <seeds>`", ""]
     write_text_atomic(out_md, "\n".join(lines) + "\n")
+    if baselines_md is not None:
+        write_baseline_tables(store, head_swap, baselines_md)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -237,6 +331,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--store", type=Path, default=ROOT / "docs/results.json")
     parser.add_argument("--out", type=Path, default=ROOT / "docs/results.md")
     parser.add_argument("--runs-dir", default="runs/bench")
+    parser.add_argument("--head-swap", type=Path, default=ROOT / "docs/head_swap.json",
+                        help="benchmarks/head_swap.py's store, for the head-swap column")
+    parser.add_argument("--baselines-md", type=Path, default=ROOT / "docs/baselines.md",
+                        help="the page whose generated tables block is rewritten")
     parser.add_argument("--render-only", action="store_true",
                         help="rebuild the markdown table and plots from --store, run nothing")
     args = parser.parse_args(argv)
@@ -268,8 +366,8 @@ def main(argv: list[str] | None = None) -> int:
                 summary = summarise(results, time.perf_counter() - t0)
                 store.setdefault(preset, {}).setdefault(variant, {})[str(seed)] = summary
                 write_json_atomic(args.store, store)
-                render(store, args.out)
-    render(store, args.out)
+                render(store, args.out, load_json(args.head_swap), args.baselines_md)
+    render(store, args.out, load_json(args.head_swap), args.baselines_md)
     console.print(f"wrote {args.out}")
     return 0
 

@@ -48,6 +48,35 @@ def test_sanity_check_reads_the_measured_runs():
     assert results.sanity_check({"simplecil": _runs(a={"final_accuracy": 0.5})}) == []
 
 
+def test_baseline_tables_replace_only_their_block_and_check_alignment(tmp_path):
+    results = _load("results")
+
+    def runs(*finals):
+        return {str(1993 + i): {"final_accuracy": f, "task_il_accuracy": 0.9,
+                                "average_forgetting": 0.1} for i, f in enumerate(finals)}
+
+    store = {"text": {"joint-lora": runs(0.60, 0.62), "inflora-ca": runs(0.55, 0.57),
+                      "sd-lora-ca": runs(0.40), "simplecil": runs(0.5)}}
+    head_swap = {"text": {"inflora-ca": {"1993": {"ridge": 0.7, "ncm": 0.6}}}}
+    page = tmp_path / "baselines.md"
+    page.write_text(f"# intro\n\n{results.BEGIN}\nstale 12.34\n{results.END}\n\nafter\n")
+    results.write_baseline_tables(store, head_swap, page)
+    text = page.read_text()
+    assert text.startswith("# intro\n\n") and text.endswith("\n\nafter\n")
+    assert "stale" not in text
+    lines = text.splitlines()
+    rows = [line for line in lines if line.startswith("| ") and not line.startswith("| learner")]
+    assert [r.split(" | ")[0] for r in rows] == ["| joint-lora", "| inflora-ca", "| simplecil",
+                                                 "| sd-lora-ca"]  # best final first
+    assert "| inflora-ca | 1993, 1994 | 56.00 ± 1.00 | 90.00 | 10.00 | 70.00 / 60.00 " \
+        "(seeds 1993) |" in lines
+    assert "- inflora-ca: -5.00 points over 2 seed(s), within." in lines
+    assert "- sd-lora-ca: -21.00 points over 1 seed(s), **not within**." in lines
+    page.write_text("no block here\n")
+    with pytest.raises(SystemExit, match="no generated block"):
+        results.write_baseline_tables(store, head_swap, page)
+
+
 def test_head_diagnostic_splits_class_il_from_task_il(tmp_path, monkeypatch, capsys):
     diagnose = _load("diagnose_heads")
     monkeypatch.chdir(tmp_path)
@@ -200,9 +229,15 @@ def test_adaptation_gap_verdicts():
              "b.yaml@1": {"lda": run(0.93), "joint-lora": run(0.95)},
              "c.yaml@1": {"ranpac": run(0.90), "lda": run(0.97)}}
     text = "\n".join(gap.render(store, 5.0))
-    assert "Gap: +7.00 points (meets the 5-point criterion)." in text
-    assert "Gap: +2.00 points (misses the 5-point criterion)." in text
+    assert "Gap (joint-lora): +7.00 points (meets the 5-point criterion)." in text
+    assert "Gap (joint-lora): +2.00 points (misses the 5-point criterion)." in text
     assert "the best frozen task-IL, 97.00, leaves at most 3.00 points" in text
+    # several joint-lora settings: the gap is taken against the best, each one's options shown
+    store["b.yaml@1"]["joint-lora, rank 16"] = {**run(0.99), "options": {
+        "rank": 16, "scale": 1.0, "lr": 0.003, "epochs": 6, "targets": ["x"]}}
+    text = "\n".join(gap.render(store, 5.0))
+    assert "Gap (joint-lora, rank 16): +6.00 points (meets" in text
+    assert "joint-lora, rank 16: rank 16, scale 1.0, lr 0.003, 6 epochs, targets `x`." in text
 
 
 def test_sd_lora_diagnostic_reports_the_restart_factor(tmp_path, monkeypatch, capsys):

@@ -241,7 +241,9 @@ ROOT = Path(__file__).resolve().parent.parent
                          ids=lambda p: p.stem)
 def test_every_offline_preset_validates(path):
     config = load_config(path)
-    assert config.data and config.scenario["num_tasks"] in (5, 9, 10)  # 5: vision-hard
+    assert config.data and config.scenario["num_tasks"] in (2, 3, 5, 9, 10)  # 2, 3, 5: candidates
+    order = config.scenario.get("class_order")
+    assert order is None or len(set(order)) == len(order)  # an explicit order names each class once
 
 
 def test_base_preset_merges_and_a_renamed_component_replaces(tmp_path, tiny_config):
