@@ -82,7 +82,37 @@ def render(store: dict, criterion: float) -> list[str]:
                           f"best frozen task-IL, {100 * max(frozen):.2f}, leaves at most "
                           f"{100 * (1 - max(frozen)):.2f} points (joint-lora not run)."]
         lines.append("")
+    lines += summary(store, criterion)
     return lines
+
+
+def summary(store: dict, criterion: float) -> list[str]:
+    """How many candidates meet the criterion, and how often adapting the backbone beat the
+    frozen multi-block lda at all (task-IL and class-IL)."""
+    verdicts, lda_wins = [], 0
+    for runs in store.values():
+        joint = [r for n, r in runs.items() if n.startswith("joint-lora")]
+        frozen = [r["task_il_accuracy"] for n, r in runs.items() if n in FROZEN]
+        if not frozen:
+            continue
+        best_joint = max((r["task_il_accuracy"] for r in joint), default=None)
+        verdicts.append(best_joint is not None and 100 * (best_joint - max(frozen)) >= criterion)
+        if "lda" in runs and joint and all(
+                r["task_il_accuracy"] <= runs["lda"]["task_il_accuracy"] + criterion / 100
+                and r["final_accuracy"] <= runs["lda"]["final_accuracy"] + criterion / 100
+                for r in joint):
+            lda_wins += 1
+    if not verdicts:
+        return []
+    ran = sum(1 for r in store.values() if any(n.startswith("joint-lora") for n in r))
+    text = f"{sum(verdicts)} of {len(verdicts)} candidate presets meet the criterion."
+    if ran:
+        text += (f" On {lda_wins} of the {ran} where joint-lora ran, no joint-lora setting is "
+                 "more than the criterion above the frozen multi-block lda in task-IL or in "
+                 "class-IL")
+        text += (": adapting the final embedding with low-rank units has not recovered what lda "
+                 "reads from every block's frozen features." if lda_wins == ran else ".")
+    return ["## So far", "", text, ""]
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -232,6 +232,9 @@ def test_adaptation_gap_verdicts():
     assert "Gap (joint-lora): +7.00 points (meets the 5-point criterion)." in text
     assert "Gap (joint-lora): +2.00 points (misses the 5-point criterion)." in text
     assert "the best frozen task-IL, 97.00, leaves at most 3.00 points" in text
+    assert "0 of 3 candidate presets meet" not in text
+    assert "1 of 3 candidate presets meet the criterion. On 1 of the 2 where joint-lora ran" \
+        in text
     # several joint-lora settings: the gap is taken against the best, each one's options shown
     store["b.yaml@1"]["joint-lora, rank 16"] = {**run(0.99), "options": {
         "rank": 16, "scale": 1.0, "lr": 0.003, "epochs": 6, "targets": ["x"]}}
