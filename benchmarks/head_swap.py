@@ -42,11 +42,12 @@ sys.path.insert(0, str(ROOT / "src"))
 import proteus  # noqa: E402
 from proteus.assemble import assemble, make_context  # noqa: E402
 from proteus.backbones.base import autocast_context  # noqa: E402
-from proteus.data import stack  # noqa: E402
+from proteus.data import DataError, stack  # noqa: E402
 from proteus.heads import RidgeHead  # noqa: E402
 from proteus.learners.base import argmax_within_task  # noqa: E402
 from proteus.learners.simplecil import cosine_scores  # noqa: E402
 from proteus.model import load_model  # noqa: E402
+from proteus.registry import ConfigError  # noqa: E402
 from proteus.storage import write_json_atomic, write_text_atomic  # noqa: E402
 
 LEARNERS = ["seq-lora", "o-lora", "inflora", "sd-lora", "joint-lora"]
@@ -69,15 +70,26 @@ def measure(path: Path, seed: int, console: Console) -> dict:
 
 def measure_saved(run_dir: Path) -> dict:
     """The same measurement on a finished run (``benchmarks/results.py`` writes them under
-    ``runs/bench/<preset>/``): its scenario rebuilt from the recorded config, its learner from
-    the model it saved after the last task. Nothing is retrained."""
+    ``runs/bench/<preset>/``): its scenario rebuilt from the recorded config and split manifest,
+    its learner from the model it saved after the last task. Nothing is retrained."""
     config = proteus.load_config(run_dir / "config.yaml", ["progress=false"])
-    run = assemble(config, backbone=False, learner=False)
+    # the run's own split manifest, not its scenario options: a recorded scenario.manifest may
+    # be a path relative to where the run was started, and a class order that matches says
+    # nothing about which samples each task drew (caps, val_fraction); reusing the manifest
+    # checks the source and its sample count and takes exactly the run's ids
+    manifest = run_dir / "split_manifest.json"
+    if not manifest.is_file():
+        raise SystemExit(f"{run_dir}: no split_manifest.json to rebuild the run's scenario from")
+    config.scenario = {**config.scenario, "manifest": str(manifest)}
+    try:
+        run = assemble(config, backbone=False, learner=False)
+    except (ConfigError, DataError) as exc:
+        raise SystemExit(f"{run_dir}: its scenario does not rebuild from the data here: {exc}"
+                         ) from None
     model = load_model(run_dir / "model", device=config.device)
-    recorded = json.loads((run_dir / "class_order.json").read_text())["class_order"]
-    if list(recorded) != list(run.scenario.class_order):
-        raise SystemExit(f"{run_dir}: the rebuilt scenario's class order differs from the "
-                         "recorded one; was it run with another version of the data?")
+    if list(model.manifest["class_order"]) != list(run.scenario.class_order):
+        raise SystemExit(f"{run_dir}: the saved model's class order differs from the run's "
+                         "split manifest; the model is from another run")
     run.learner, run.backbone = model.learner, model.backbone
     run.ctx = make_context(model.learner, seed=config.seed, batch_size=config.eval.batch_size,
                            progress=False, num_tasks=len(run.scenario.tasks))

@@ -57,7 +57,11 @@ def test_baseline_tables_replace_only_their_block_and_check_alignment(tmp_path):
 
     store = {"text": {"joint-lora": runs(0.60, 0.62), "inflora-ca": runs(0.55, 0.57),
                       "sd-lora-ca": runs(0.40), "simplecil": runs(0.5)}}
-    head_swap = {"text": {"inflora-ca": {"1993": {"ridge": 0.7, "ncm": 0.6}}}}
+    # inflora-ca: one of its two seeds head-swapped; simplecil: a head-swap seed (1994) the row
+    # lacks, which must not be averaged in beside the row's seed
+    head_swap = {"text": {"inflora-ca": {"1993": {"ridge": 0.7, "ncm": 0.6}},
+                          "simplecil": {"1993": {"ridge": 0.8, "ncm": 0.7},
+                                        "1994": {"ridge": 0.2, "ncm": 0.1}}}}
     page = tmp_path / "baselines.md"
     page.write_text(f"# intro\n\n{results.BEGIN}\nstale 12.34\n{results.END}\n\nafter\n")
     results.write_baseline_tables(store, head_swap, page)
@@ -70,8 +74,11 @@ def test_baseline_tables_replace_only_their_block_and_check_alignment(tmp_path):
                                                  "| sd-lora-ca"]  # best final first
     assert "| inflora-ca | 1993, 1994 | 56.00 ± 1.00 | 90.00 | 10.00 | 70.00 / 60.00 " \
         "(seeds 1993) |" in lines
-    assert "- inflora-ca: -5.00 points over 2 seed(s), within." in lines
-    assert "- sd-lora-ca: -21.00 points over 1 seed(s), **not within**." in lines
+    assert "| simplecil | 1993 | 50.00 | 90.00 | 10.00 | 80.00 / 70.00 |" in lines
+    assert "- inflora-ca: 56.00 against 61.00, -5.00 points (seeds 1993, 1994), within." in lines
+    # one seed run: against joint-lora's same seed (60.00), not its two-seed mean (61.00)
+    assert "- sd-lora-ca: 40.00 against 60.00, -20.00 points (seed 1993), **not within**." \
+        in lines
     page.write_text("no block here\n")
     with pytest.raises(SystemExit, match="no generated block"):
         results.write_baseline_tables(store, head_swap, page)
@@ -172,6 +179,22 @@ def test_head_swap_on_a_finished_run_equals_training_it_again(tmp_path, monkeypa
     saved = swap.measure_saved(tmp_path / "bench" / "o-lora-s1990")
     for key in ("own", "ncm", "ridge", "own_task_il"):
         assert saved[key] == pytest.approx(retrained[key], abs=1e-9), key
+    # a run that reused a split manifest by a relative path is measured from anywhere: the
+    # scenario comes from the run directory's own manifest
+    (tmp_path / "split.json").write_text(
+        (tmp_path / "bench" / "o-lora-s1990" / "split_manifest.json").read_text())
+    config = proteus.load_config(path, ["seed=1990", "progress=false",
+                                        "scenario.manifest=split.json",
+                                        f"output_dir={tmp_path / 'bench'}", "name=reuse-s1990"])
+    proteus.run(config, console=Console(quiet=True))
+    monkeypatch.chdir(tmp_path / "bench")
+    reused = swap.measure_saved(tmp_path / "bench" / "reuse-s1990")
+    assert reused["ridge"] == pytest.approx(saved["ridge"], abs=1e-9)
+    # a split that no longer fits the data is refused by name, not measured on other samples
+    manifest = tmp_path / "bench" / "reuse-s1990" / "split_manifest.json"
+    manifest.write_text(manifest.read_text().replace('"num_samples": ', '"num_samples": 1'))
+    with pytest.raises(SystemExit, match="reuse-s1990: its scenario does not rebuild"):
+        swap.measure_saved(tmp_path / "bench" / "reuse-s1990")
     # a run whose model is missing is skipped by name, not measured
     assert swap.main(["--runs", str(tmp_path / "bench"), "--presets", "vision", "--learners",
                       "o-lora", "--seeds", "1990", "--store", str(tmp_path / "s.json"),
@@ -227,20 +250,25 @@ def test_adaptation_gap_verdicts():
 
     store = {"a.yaml@1": {"simplecil": run(0.80), "lda": run(0.88), "joint-lora": run(0.95)},
              "b.yaml@1": {"lda": run(0.93), "joint-lora": run(0.95)},
-             "c.yaml@1": {"ranpac": run(0.90), "lda": run(0.97)}}
+             "c.yaml@1": {"ranpac": run(0.90), "lda": run(0.97)},
+             # room left, joint-lora not run yet: no verdict, so not counted as a miss
+             "d.yaml@1": {"lda": run(0.80)}}
     text = "\n".join(gap.render(store, 5.0))
     assert "Gap (joint-lora): +7.00 points (meets the 5-point criterion)." in text
     assert "Gap (joint-lora): +2.00 points (misses the 5-point criterion)." in text
     assert "the best frozen task-IL, 97.00, leaves at most 3.00 points" in text
     assert "0 of 3 candidate presets meet" not in text
-    assert "1 of 3 candidate presets meet the criterion. On 1 of the 2 where joint-lora ran" \
-        in text
+    assert "1 of 3 candidate presets meet the criterion (1 more awaits joint-lora). On 1 of " \
+        "the 2 where joint-lora and lda both ran" in text
     # several joint-lora settings: the gap is taken against the best, each one's options shown
     store["b.yaml@1"]["joint-lora, rank 16"] = {**run(0.99), "options": {
         "rank": 16, "scale": 1.0, "lr": 0.003, "epochs": 6, "targets": ["x"]}}
     text = "\n".join(gap.render(store, 5.0))
     assert "Gap (joint-lora, rank 16): +6.00 points (meets" in text
     assert "joint-lora, rank 16: rank 16, scale 1.0, lr 0.003, 6 epochs, targets `x`." in text
+    # a label the rows are not found by is refused before anything runs
+    with pytest.raises(SystemExit):
+        gap.main(["a.yaml", "--joint-label", "lda", "--render-only"])
 
 
 def test_sd_lora_diagnostic_reports_the_restart_factor(tmp_path, monkeypatch, capsys):
