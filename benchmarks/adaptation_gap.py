@@ -52,6 +52,20 @@ def measure(path: Path, learner: str, overrides: list[str], seed: int,
             "options": config.learner.options}
 
 
+def frozen_task_il(runs: dict) -> list[float]:
+    return [r["task_il_accuracy"] for n, r in runs.items() if n in FROZEN]
+
+
+def joint_rows(runs: dict) -> dict:
+    """Every joint-lora setting measured (row names start with ``joint-lora``)."""
+    return {n: r for n, r in runs.items() if n.startswith("joint-lora")}
+
+
+def has_room(frozen: list[float], criterion: float) -> bool:
+    """Whether the best frozen task-IL leaves ``criterion`` points for joint-lora to gain."""
+    return 100 * (1 - max(frozen)) >= criterion
+
+
 def render(store: dict, criterion: float) -> list[str]:
     lines = ["# Room for adaptation: frozen features against joint-lora", "",
              "Written by `benchmarks/adaptation_gap.py` from `docs/adaptation_gap.json`. "
@@ -65,7 +79,7 @@ def render(store: dict, criterion: float) -> list[str]:
         for name, r in runs.items():
             lines.append(f"| {name} | {100 * r['task_il_accuracy']:.2f} | "
                          f"{100 * r['final_accuracy']:.2f} |")
-        joint = {n: r for n, r in runs.items() if n.startswith("joint-lora")}
+        joint = joint_rows(runs)
         for name, r in joint.items():
             o = r.get("options", {})
             budget = (f"{o['steps_per_task']} steps per task" if o.get("steps_per_task")
@@ -73,14 +87,14 @@ def render(store: dict, criterion: float) -> list[str]:
             lines += ["", f"{name}: rank {o.get('rank')}, scale {o.get('scale')}, lr "
                           f"{o.get('lr')}, {budget}, targets "
                           f"{', '.join(f'`{t}`' for t in o.get('targets') or []) or 'the backbone default'}."]
-        frozen = [r["task_il_accuracy"] for n, r in runs.items() if n in FROZEN]
+        frozen = frozen_task_il(runs)
         if frozen and joint:
             best = max(joint, key=lambda n: joint[n]["task_il_accuracy"])
             gap = 100 * (joint[best]["task_il_accuracy"] - max(frozen))
             verdict = "meets" if gap >= criterion else "misses"
             lines += ["", f"Gap ({best}): {gap:+.2f} points ({verdict} the {criterion:g}-point "
                           "criterion)."]
-        elif frozen and 100 * (1 - max(frozen)) < criterion:
+        elif frozen and not has_room(frozen, criterion):
             lines += ["", f"Misses the {criterion:g}-point criterion whatever joint-lora does: the "
                           f"best frozen task-IL, {100 * max(frozen):.2f}, leaves at most "
                           f"{100 * (1 - max(frozen)):.2f} points (joint-lora not run)."]
@@ -94,12 +108,11 @@ def summary(store: dict, criterion: float) -> list[str]:
     frozen multi-block lda at all (task-IL and class-IL)."""
     verdicts, lda_wins, ran, pending = [], 0, 0, 0
     for runs in store.values():
-        joint = [r for n, r in runs.items() if n.startswith("joint-lora")]
-        frozen = [r["task_il_accuracy"] for n, r in runs.items() if n in FROZEN]
+        joint, frozen = list(joint_rows(runs).values()), frozen_task_il(runs)
         if not frozen:
             continue
         best_joint = max((r["task_il_accuracy"] for r in joint), default=None)
-        if best_joint is None and 100 * (1 - max(frozen)) >= criterion:
+        if best_joint is None and has_room(frozen, criterion):
             pending += 1  # room left and joint-lora not run yet: no verdict, not a miss
             continue
         verdicts.append(best_joint is not None and 100 * (best_joint - max(frozen)) >= criterion)
@@ -159,8 +172,8 @@ def main(argv: list[str] | None = None) -> int:
             # the preset's own learner options belong to its learner: each runs with its
             # baseline presets' options, joint-lora with --joint (once the best frozen task-IL
             # leaves no room for the criterion, joint-lora cannot change the verdict: skipped)
-            frozen = [r["task_il_accuracy"] for n, r in runs.items() if n in FROZEN]
-            if learner == args.joint_label and frozen and 100 * (1 - max(frozen)) < args.criterion:
+            frozen = frozen_task_il(runs)
+            if learner == args.joint_label and frozen and not has_room(frozen, args.criterion):
                 continue
             overrides = [*OPTIONS.get(learner, []),
                          *(args.joint if learner == args.joint_label else [])]

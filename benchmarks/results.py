@@ -105,15 +105,32 @@ def summarise(results: dict, wall_s: float) -> dict:
     return out
 
 
-def fmt(key: str, stat: dict) -> str:
+def fmt(key: str, stat: dict, spread: bool = True) -> str:
     if stat["mean"] is None:
         return "—"
+    spread = spread and stat["n"] > 1
     if key in PERCENT:
         text = f"{100 * stat['mean']:.2f}"
-        return text + (f" ± {100 * stat['std']:.2f}" if stat["n"] > 1 else "")
+        return text + (f" ± {100 * stat['std']:.2f}" if spread else "")
     if key in ("signature_bytes_per_task", "signature_shared_bytes"):
         return f"{stat['mean'] / 1e6:.2f} MB"
-    return f"{stat['mean']:.0f}" + (f" ± {stat['std']:.0f}" if stat["n"] > 1 else "")
+    return f"{stat['mean']:.0f}" + (f" ± {stat['std']:.0f}" if spread else "")
+
+
+def variant_stats(runs: dict) -> dict:
+    """``mean_std`` of a variant's runs over its seeds (the per-task curve left out)."""
+    return mean_std([{k: v for k, v in runs[s].items() if k != "accuracy_seen"}
+                     for s in sorted(runs)])
+
+
+def cell(key: str, stats: dict, n_seeds: int, spread: bool = True) -> str:
+    """One table cell: the formatted mean (± std with ``spread``), and how many of the row's
+    seeds had the metric where some lack it (older runs)."""
+    stat = stats.get(key, {"mean": None, "std": None, "n": 0})
+    text = fmt(key, stat, spread)
+    if stat["mean"] is not None and stat["n"] < n_seeds:
+        text += f" ({stat['n']} of {n_seeds} seeds)"
+    return text
 
 
 def _mean(runs: dict, key: str) -> float | None:
@@ -203,19 +220,13 @@ def baseline_tables(store: dict, head_swap: dict) -> list[str]:
             runs = variants.get(name)
             if not runs:
                 continue
-            seeds = sorted(runs)
-            final = [runs[s]["final_accuracy"] for s in seeds]
-            task_il = [runs[s]["task_il_accuracy"] for s in seeds
-                       if runs[s].get("task_il_accuracy") is not None]
-            forgetting = [runs[s]["average_forgetting"] for s in seeds]
-            rows.append((float(np.mean(final)), f"| {name} | {', '.join(seeds)} | "
-                         f"{100 * np.mean(final):.2f}"
-                         + (f" ± {100 * np.std(final):.2f}" if len(final) > 1 else "")
-                         + f" | {f'{100 * np.mean(task_il):.2f}' if task_il else '—'}"
-                         + (f" ({len(task_il)} of {len(seeds)} seeds)"
-                            if task_il and len(task_il) < len(seeds) else "")
-                         + f" | {100 * np.mean(forgetting):.2f} | "
-                         + head_swap_cell(head_swap, preset, name, seeds) + " |"))
+            seeds, stats = sorted(runs), variant_stats(runs)
+            cells = [cell("final_accuracy", stats, len(seeds)),
+                     cell("task_il_accuracy", stats, len(seeds), spread=False),
+                     cell("average_forgetting", stats, len(seeds), spread=False),
+                     head_swap_cell(head_swap, preset, name, seeds)]
+            rows.append((stats["final_accuracy"]["mean"],
+                         f"| {name} | {', '.join(seeds)} | " + " | ".join(cells) + " |"))
         if not rows:  # a preset of PROTEUS variants only: no header over an empty table
             continue
         lines += [f"### {preset}: `{PRESETS[preset].relative_to(ROOT)}`", "",
@@ -300,17 +311,9 @@ def render(store: dict, out_md: Path, head_swap: dict | None = None,
                   "|---|---|" + "---:|" * (len(COLUMNS) + 1)]
         fig, ax = plt.subplots(figsize=(7, 4.5))
         for variant, runs in variants.items():
-            seeds = sorted(runs)
-            stats = mean_std([{k: v for k, v in runs[s].items() if k != "accuracy_seen"}
-                              for s in seeds])
-            cells = []
-            for key, _ in COLUMNS:
-                stat = stats.get(key, {"mean": None, "std": None, "n": 0})
-                cell = fmt(key, stat)
-                if stat["mean"] is not None and stat["n"] < len(seeds):  # older runs lack it
-                    cell += f" ({stat['n']} of {len(seeds)} seeds)"
-                cells.append(cell)
-            cells.append(head_swap_cell(head_swap, preset, variant, seeds))
+            seeds, stats = sorted(runs), variant_stats(runs)
+            cells = [*(cell(key, stats, len(seeds)) for key, _ in COLUMNS),
+                     head_swap_cell(head_swap, preset, variant, seeds)]
             lines.append(f"| {variant} | {', '.join(seeds)} | " + " | ".join(cells) + " |")
             curve = np.mean([runs[s]["accuracy_seen"] for s in seeds], axis=0)
             ax.plot(range(1, len(curve) + 1), 100 * curve, marker="o", label=variant)
@@ -358,7 +361,7 @@ def main(argv: list[str] | None = None) -> int:
     if unknown:
         parser.error(f"unknown variants {unknown}; valid: {known}")
     console = Console(stderr=True)
-    store = json.loads(args.store.read_text()) if args.store.exists() else {}
+    store = load_json(args.store)
     for preset in [] if args.render_only else args.presets:
         for variant in args.variants:
             for seed in args.seeds:

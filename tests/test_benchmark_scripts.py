@@ -144,14 +144,21 @@ def test_control_summary_says_when_proteus_does_not_beat_the_best_control():
         in text
 
 
+def _tiny_lora_preset(tmp_path, learner: str) -> Path:
+    """A tiny preset file for ``learner`` (rank 2, one epoch), for the head-swap script."""
+    raw = tiny_config_dict(tmp_path / "runs", learner={"name": learner, "rank": 2,
+                                                       "epochs": 1, "batch_size": 16})
+    path = tmp_path / f"{learner}.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    return path
+
+
 def test_head_swap_fits_analytic_heads_on_the_final_features(tmp_path, monkeypatch):
+    from rich.console import Console
+
     swap = _load("head_swap")
     monkeypatch.chdir(tmp_path)
-    raw = tiny_config_dict(tmp_path / "runs", learner={"name": "inflora", "rank": 2,
-                                                       "epochs": 1, "batch_size": 16})
-    path = tmp_path / "inflora.yaml"
-    path.write_text(yaml.safe_dump(raw))
-    from rich.console import Console
+    path = _tiny_lora_preset(tmp_path, "inflora")
 
     result = swap.measure(path, 1990, Console(quiet=True))
     for key in ("own", "ncm", "ridge", "own_task_il"):
@@ -164,13 +171,11 @@ def test_head_swap_fits_analytic_heads_on_the_final_features(tmp_path, monkeypat
 def test_head_swap_on_a_finished_run_equals_training_it_again(tmp_path, monkeypatch):
     import proteus
 
+    from rich.console import Console
+
     swap = _load("head_swap")
     monkeypatch.chdir(tmp_path)
-    raw = tiny_config_dict(tmp_path / "runs", learner={"name": "o-lora", "rank": 2,
-                                                       "epochs": 1, "batch_size": 16})
-    path = tmp_path / "o-lora.yaml"
-    path.write_text(yaml.safe_dump(raw))
-    from rich.console import Console
+    path = _tiny_lora_preset(tmp_path, "o-lora")
 
     retrained = swap.measure(path, 1990, Console(quiet=True))
     config = proteus.load_config(path, ["seed=1990", "progress=false",
