@@ -12,6 +12,16 @@ every training and test sample of the scenario and fits, over all classes at onc
 * **ridge**: the ridge classifier of RanPAC / PROTEUS on the embedding itself (no random
   projection), lambda chosen on a split of the training data as there.
 
+For a learner with classifier alignment (``-ca``, ``slca``) two more numbers test whether its
+stored class Gaussians went stale, i.e. were estimated on a backbone that later tasks moved:
+
+* **CA, fresh Gaussians**: the learner's own alignment (same options, same starting head) run
+  once more on Gaussians re-estimated from the final features of every class;
+* **drift**: for each class of an earlier task, the distance between its stored mean and its
+  mean on the final features, in units of its final within-class standard deviation (root of
+  the mean per-dimension variance), averaged over those classes. The last task's classes were
+  stored on the final backbone, so their drift is zero.
+
 With ``--runs``, the finished runs of ``benchmarks/results.py`` are measured instead (their saved
 final model on their rebuilt scenario), so the head-swap rows cost no retraining.
 
@@ -34,6 +44,7 @@ from pathlib import Path
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import numpy as np  # noqa: E402
+import torch  # noqa: E402
 from rich.console import Console  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -44,6 +55,7 @@ from proteus.assemble import assemble, make_context  # noqa: E402
 from proteus.backbones.base import autocast_context  # noqa: E402
 from proteus.data import DataError, stack  # noqa: E402
 from proteus.heads import RidgeHead  # noqa: E402
+from proteus.learners.align import ClassAligner  # noqa: E402
 from proteus.learners.base import argmax_within_task  # noqa: E402
 from proteus.learners.simplecil import cosine_scores  # noqa: E402
 from proteus.model import load_model  # noqa: E402
@@ -123,8 +135,33 @@ def swap_heads(run, seed: int) -> dict:
     def task_il(scores: np.ndarray) -> float:
         return float((argmax_within_task(scores, true_task, classes) == test.labels).mean())
 
-    return {"own": accuracy(own), "ncm": accuracy(ncm), "ridge": accuracy(ridge_scores),
-            "own_task_il": task_il(own), "ridge_lambda": ridge.lam}
+    result = {"own": accuracy(own), "ncm": accuracy(ncm), "ridge": accuracy(ridge_scores),
+              "own_task_il": task_il(own), "ridge_lambda": ridge.lam}
+    aligner = getattr(model, "aligner", None)
+    if isinstance(aligner, ClassAligner) and bool(aligner.seen.any()):
+        result.update(stale_gaussians(model, aligner, x_train, train.labels, x_test, seed,
+                                      accuracy, set(scenario.tasks[-1].classes)))
+    return result
+
+
+def stale_gaussians(model, aligner: ClassAligner, x_train: np.ndarray, labels: np.ndarray,
+                    x_test: np.ndarray, seed: int, accuracy, last: set) -> dict:
+    """CA re-run on Gaussians of the final features, and the drift of the stored means
+    (module docstring)."""
+    fresh = ClassAligner(x_train.shape[1], aligner.o)
+    fresh.add(x_train, labels)
+    weight, bias, _ = fresh.align(*model._head_tensors(), seed)
+    scores = (torch.as_tensor(x_test, dtype=weight.dtype, device=weight.device) @ weight.T
+              + bias)
+    drift = []
+    for c in torch.nonzero(aligner.seen).flatten().tolist():
+        if c in last:  # stored on the final backbone: no drift to measure
+            continue
+        xc = x_train[labels == c].astype(np.float64)
+        spread = float(np.sqrt(xc.var(0, ddof=1).mean()))
+        drift.append(float(np.linalg.norm(aligner.means[c].numpy() - xc.mean(0))) / spread)
+    return {"ca_fresh": accuracy(scores.cpu().numpy()),
+            "ca_drift": float(np.mean(drift)) if drift else 0.0}
 
 
 def render(store: dict) -> str:
@@ -137,17 +174,26 @@ def render(store: dict) -> str:
              "data at the end, so they measure the features, not a continual method. A large "
              "gap between the own head and the analytic heads is a calibration problem of the "
              "head; analytic heads far below frozen features (simplecil, ranpac in results.md) "
-             "mean the representation itself lost information.", ""]
+             "mean the representation itself lost information. For learners with classifier "
+             "alignment: their alignment re-run on Gaussians of the final features (CA, fresh) "
+             "and the drift of their stored class means, in final within-class standard "
+             "deviations, over the classes of earlier tasks; a fresh CA far above the own head "
+             "says the stored Gaussians went stale.", ""]
     for preset, learners in store.items():
         lines += [f"## {preset}", "",
-                  "| learner | seeds | own head | NCM | ridge | own head, task given |",
-                  "|---|---|---|---|---|---|"]
+                  "| learner | seeds | own head | NCM | ridge | own head, task given "
+                  "| CA, fresh Gaussians | drift (sd) |",
+                  "|---|---|---|---|---|---|---|---|"]
         for learner, seeds in learners.items():
-            def mean(key: str) -> str:
-                return f"{100 * statistics.mean(s[key] for s in seeds.values()):.2f}"
+            def mean(key: str, scale: float = 100) -> str:
+                values = [s[key] for s in seeds.values() if key in s]
+                if len(values) < len(seeds):  # measured before the column existed
+                    return "–"
+                return f"{scale * statistics.mean(values):.2f}"
 
             lines.append(f"| {learner} | {', '.join(sorted(seeds))} | {mean('own')} | "
-                         f"{mean('ncm')} | {mean('ridge')} | {mean('own_task_il')} |")
+                         f"{mean('ncm')} | {mean('ridge')} | {mean('own_task_il')} | "
+                         f"{mean('ca_fresh')} | {mean('ca_drift', 1)} |")
         lines.append("")
     return "\n".join(lines)
 

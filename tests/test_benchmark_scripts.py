@@ -61,13 +61,16 @@ def test_baseline_tables_replace_only_their_block_and_check_alignment(tmp_path):
     # lacks, which must not be averaged in beside the row's seed
     head_swap = {"text": {"inflora-ca": {"1993": {"ridge": 0.7, "ncm": 0.6}},
                           "simplecil": {"1993": {"ridge": 0.8, "ncm": 0.7},
-                                        "1994": {"ridge": 0.2, "ncm": 0.1}}}}
+                                        "1994": {"ridge": 0.2, "ncm": 0.1}},
+                          # the stale-Gaussian diagnostic under the miss
+                          "sd-lora-ca": {"1993": {"ridge": 0.6, "ncm": 0.5, "own": 0.40,
+                                                  "ca_fresh": 0.55, "ca_drift": 3.5}}}}
     page = tmp_path / "baselines.md"
-    page.write_text(f"# intro\n\n{results.BEGIN}\nstale 12.34\n{results.END}\n\nafter\n")
+    page.write_text(f"# intro\n\n{results.BEGIN}\nold block 12.34\n{results.END}\n\nafter\n")
     results.write_baseline_tables(store, head_swap, page)
     text = page.read_text()
     assert text.startswith("# intro\n\n") and text.endswith("\n\nafter\n")
-    assert "stale" not in text
+    assert "old block" not in text
     lines = text.splitlines()
     rows = [line for line in lines if line.startswith("| ") and not line.startswith("| learner")]
     assert [r.split(" | ")[0] for r in rows] == ["| joint-lora", "| inflora-ca", "| simplecil",
@@ -79,6 +82,11 @@ def test_baseline_tables_replace_only_their_block_and_check_alignment(tmp_path):
     # one seed run: against joint-lora's same seed (60.00), not its two-seed mean (61.00)
     assert "- sd-lora-ca: 40.00 against 60.00, -20.00 points (seed 1993), **not within**." \
         in lines
+    diagnostic = lines[lines.index("- sd-lora-ca: 40.00 against 60.00, -20.00 points (seed "
+                                   "1993), **not within**.") + 1]
+    assert "drifted by 3.50 within-class standard deviations" in diagnostic
+    assert "gives 55.00 (own head 40.00), -5.00 points from joint-lora: stale Gaussians " \
+        "account for the miss." in diagnostic
     page.write_text("no block here\n")
     with pytest.raises(SystemExit, match="no generated block"):
         results.write_baseline_tables(store, head_swap, page)
@@ -205,6 +213,33 @@ def test_head_swap_on_a_finished_run_equals_training_it_again(tmp_path, monkeypa
                       "o-lora", "--seeds", "1990", "--store", str(tmp_path / "s.json"),
                       "--out", str(tmp_path / "s.md")]) == 0
     assert not (tmp_path / "s.json").exists()
+
+
+def test_stale_gaussian_drift_is_zero_on_the_backbone_that_stored_them(tmp_path):
+    """The drift compares a class's stored mean with its mean on the final features, in its
+    final within-class standard deviations: zero while the backbone has not moved since the
+    class was stored, above zero once a later task has moved it."""
+    from conftest import assembled
+    from proteus.data import stack
+
+    swap = _load("head_swap")
+    run = assembled(tiny_config_dict(tmp_path, learner={"name": "sd-lora-ca", "rank": 2,
+                                                        "epochs": 1, "batch_size": 16}))
+    learner, ctx, tasks = run.learner, run.ctx, run.scenario.tasks
+
+    def measured(data, last=()):
+        x = learner.embedding(data, ctx)
+        return swap.stale_gaussians(learner, learner.aligner, x, data.labels, x, 1990,
+                                    lambda s: float((s.argmax(1) == data.labels).mean()),
+                                    last=set(last))
+
+    learner.learn_task(tasks[0], ctx)
+    same = measured(tasks[0].train)
+    assert same["ca_drift"] == pytest.approx(0.0, abs=1e-5)
+    assert 1 / 2 < same["ca_fresh"] <= 1.0  # the two-way task's training data, refit on itself
+    learner.learn_task(tasks[1], ctx)
+    both = stack([tasks[0].train, tasks[1].train])
+    assert measured(both, last=tasks[1].classes)["ca_drift"] > 1e-3
 
 
 def test_a_baselines_embedding_is_what_its_head_reads(tmp_path):
