@@ -332,3 +332,18 @@ def test_sd_lora_diagnostic_reports_the_restart_factor(tmp_path, monkeypatch, ca
     cells = [c.strip() for c in row.strip("│ ").split("│")]
     assert float(cells[1]) == pytest.approx(float(np.median(factors)), abs=0.01)
     assert "task-IL" in out
+
+
+def test_rerank_grid_spans_the_class_gaussian_and_the_two_step_decision():
+    """beta 0 is the argmax over every class's Gaussian score; top 1 with a large beta is
+    proteus's retrieve-then-classify; a larger top lets the head's evidence change the task."""
+    rerank = _load("rerank")
+    rng = np.random.default_rng(0)
+    task_classes = [[0, 1], [2, 3, 4], [5]]
+    ev = {"D": rng.normal(size=(200, 6)), "R": rng.normal(size=(200, 6))}
+    assert (rerank.decide(ev, task_classes, 1, 0.0, "raw", 1.0) == ev["D"].argmax(1)).all()
+    two_step = rerank.proteus_today(ev, task_classes)
+    assert (rerank.decide(ev, task_classes, 1, 1e6, "raw", 1.0) == two_step).all()
+    assert (rerank.decide(ev, task_classes, 1, 1e6, "within", 1.0) == two_step).all()
+    # all tasks kept, head evidence dominant: the best ridge logit over every class
+    assert (rerank.decide(ev, task_classes, 3, 1e6, "raw", 1.0) == ev["R"].argmax(1)).all()
