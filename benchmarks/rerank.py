@@ -175,6 +175,12 @@ def render(report: dict) -> str:
         lines.append(f"| `{run}` | {100 * g['val']:.2f} / {100 * g['test']:.2f} | "
                      f"{100 * t['val']:.2f} / {100 * t['test']:.2f} | {point} | "
                      f"{100 * c['val']:.2f} / {100 * c['test']:.2f} |")
+    lines += ["", "On test, against the class Gaussians (beta = 0):", ""]
+    for run, r in report["runs"].items():
+        c, g, t = r["chosen"], r["class_gaussians"], r["proteus_today"]
+        lines.append(f"- `{run}`: the validation-chosen weight on the adapted heads' evidence "
+                     f"{100 * (c['test'] - g['test']):+.2f} points; retrieve-then-classify "
+                     f"{100 * (t['test'] - g['test']):+.2f} points.")
     return "\n".join(lines)
 
 
