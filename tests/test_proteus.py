@@ -248,6 +248,59 @@ def test_save_load_predict_is_identical(driven):
                            atol=1e-6), k
 
 
+def test_class_decision_spans_the_class_gaussians_and_retrieve_then_classify(driven):
+    """decision "class": weight 0 is the most likely class Gaussian over every class; one
+    candidate task with an overwhelming weight is the paper's retrieve-then-classify; the
+    default scores the classes of the two most likely tasks."""
+    learner, ctx, scenario = driven["learner"], driven["ctx"], driven["scenario"]
+    test = stack([t.test for t in scenario.tasks])
+    base = learner.options
+
+    def predict(**update):
+        learner.options = base.model_copy(update=update)
+        try:
+            return learner.predict(test, ctx)
+        finally:
+            learner.options = base
+
+    assert base.decision == "auto" and base.class_decision_holds()
+    features, prefix = learner._signature_features(test, ctx, with_prefix=True)
+    D = learner.signatures.class_scores(features, learner.num_classes)
+    gaussians = predict(decision="class", decision_weight=0.0)
+    assert np.array_equal(gaussians.classes, D.argmax(1))
+    assert np.array_equal(gaussians.tasks, learner.class_task[D.argmax(1)])
+    two_step = predict(decision="task")
+    tasks = learner.infer_tasks(test, ctx, prefix, features)
+    assert np.array_equal(two_step.tasks, tasks)
+    assert np.array_equal(two_step.classes, learner._classify(test, ctx, tasks, prefix)[0])
+    dominant = predict(decision="class", decision_top=1, decision_weight=1e9)
+    assert np.array_equal(dominant.classes, two_step.classes)
+    assert np.array_equal(dominant.tasks, two_step.tasks)
+    # the default: the head's evidence over two candidate tasks, by hand
+    default = learner.predict(test, ctx)
+    best_task = np.stack([D[:, c].max(1) for c in learner.task_classes], 1)
+    ranked = np.argsort(-best_task, axis=1, kind="stable")[:, :2]
+    score = np.full_like(D, -np.inf)
+    for j in range(2):
+        logits = learner._head_logits(test, ctx, ranked[:, j], prefix)
+        for i, k in enumerate(ranked[:, j]):
+            cls = learner.task_classes[k]
+            score[i, cls] = D[i, cls] + base.decision_weight * logits[i, cls]
+    assert np.array_equal(default.classes, score.argmax(1))
+
+
+def test_class_decision_refuses_signatures_without_classes():
+    from proteus.learners.proteus import ProteusOptions
+
+    with pytest.raises(ValueError, match="decision 'class' needs signature.kind"):
+        ProteusOptions(decision="class", signature={"kind": "kmeans"})
+    with pytest.raises(ValueError, match="decision 'class' needs"):
+        ProteusOptions(decision="class", retrieval="oracle")
+    assert not ProteusOptions(retrieval="oracle").class_decision_holds()  # auto: two steps
+    from proteus.learners.proteus import ProteusPaperOptions
+    assert ProteusPaperOptions().decision == "task"
+
+
 def test_merged_inference_predicts_like_low_rank_products(driven):
     learner, ctx, scenario = driven["learner"], driven["ctx"], driven["scenario"]
     test = stack([t.test for t in scenario.tasks])

@@ -300,6 +300,19 @@ class TaskSignatures:
         W, b = self.linear_retrieval()
         return self._task_maxima(self.prepare(x) @ W + b)
 
+    def class_scores(self, x: np.ndarray, num_classes: int) -> np.ndarray:
+        """(N, num_classes) class-Gaussian signatures only: each class's log-likelihood up to a
+        per-sample constant (the terms of :meth:`retrieval_scores` before the task maxima), in
+        class-order positions; -inf for a class no signature holds."""
+        if not self._all_shared() or any(c.classes is None for c in self.tasks):
+            raise ValueError("class scores need class-Gaussian signatures (signature.kind "
+                             "class-gaussian)")
+        W, b = self.linear_retrieval()
+        out = np.full((len(x), num_classes), -np.inf)
+        out[:, np.concatenate([c.classes for c in self.tasks]).astype(np.int64)] = (
+            self.prepare(x) @ W + b)
+        return out
+
     def _task_maxima(self, class_scores: np.ndarray) -> np.ndarray:
         """(N, T): each task's best class score, from (N, C) scores over every task's classes
         in task order."""
