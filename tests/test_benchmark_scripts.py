@@ -342,7 +342,7 @@ def test_rerank_grid_spans_the_class_gaussian_and_the_two_step_decision():
     task_classes = [[0, 1], [2, 3, 4], [5]]
     ev = {"D": rng.normal(size=(200, 6)), "R": rng.normal(size=(200, 6))}
     assert (rerank.decide(ev, task_classes, 1, 0.0, "raw", 1.0) == ev["D"].argmax(1)).all()
-    two_step = rerank.proteus_today(ev, task_classes)
+    two_step = rerank.two_step(ev, task_classes)
     assert (rerank.decide(ev, task_classes, 1, 1e6, "raw", 1.0) == two_step).all()
     assert (rerank.decide(ev, task_classes, 1, 1e6, "within", 1.0) == two_step).all()
     # all tasks kept, head evidence dominant: the best ridge logit over every class
