@@ -82,8 +82,14 @@ def measure(path: Path, seed: int, console: Console) -> dict:
 
 def measure_saved(run_dir: Path) -> dict:
     """The same measurement on a finished run (``benchmarks/results.py`` writes them under
-    ``runs/bench/<preset>/``): its scenario rebuilt from the recorded config and split manifest,
-    its learner from the model it saved after the last task. Nothing is retrained."""
+    ``runs/bench/<preset>/``). Nothing is retrained."""
+    run = load_saved(run_dir)
+    return swap_heads(run, run.config.seed)
+
+
+def load_saved(run_dir: Path):
+    """A finished run: its scenario rebuilt from the recorded config and split manifest, its
+    learner (and ``ctx``) from the model it saved after the last task."""
     config = proteus.load_config(run_dir / "config.yaml", ["progress=false"])
     # the run's own split manifest, not its scenario options: a recorded scenario.manifest may
     # be a path relative to where the run was started, and a class order that matches says
@@ -105,7 +111,7 @@ def measure_saved(run_dir: Path) -> dict:
     run.learner, run.backbone = model.learner, model.backbone
     run.ctx = make_context(model.learner, seed=config.seed, batch_size=config.eval.batch_size,
                            progress=False, num_tasks=len(run.scenario.tasks))
-    return swap_heads(run, config.seed)
+    return run
 
 
 def swap_heads(run, seed: int) -> dict:

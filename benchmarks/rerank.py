@@ -46,10 +46,10 @@ from scipy.special import log_softmax  # noqa: E402
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "src"))
 
-import proteus  # noqa: E402
-from proteus.assemble import assemble, make_context  # noqa: E402
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+from head_swap import load_saved  # noqa: E402
 from proteus.data import stack  # noqa: E402
-from proteus.model import load_model  # noqa: E402
 from proteus.storage import write_json_atomic, write_text_atomic  # noqa: E402
 
 BETAS = [0.0, 0.3, 1.0, 3.0, 10.0, 30.0, 100.0, 300.0, 1000.0]
@@ -58,18 +58,10 @@ TOPS = [1, 2, 3]
 
 
 def load(run_dir: Path):
-    config = proteus.load_config(run_dir / "config.yaml", ["progress=false"])
-    config.scenario = {**config.scenario, "manifest": str(run_dir / "split_manifest.json")}
-    run = assemble(config, backbone=False, learner=False)
-    model = load_model(run_dir / "model", device=config.device)
-    if list(model.manifest["class_order"]) != list(run.scenario.class_order):
-        raise SystemExit(f"{run_dir}: the saved model's class order differs from its manifest")
-    learner = model.learner
-    if not hasattr(learner, "signatures"):
-        raise SystemExit(f"{run_dir}: not a proteus run ({type(learner).__name__})")
-    ctx = make_context(learner, seed=config.seed, batch_size=config.eval.batch_size,
-                       progress=False, num_tasks=len(run.scenario.tasks))
-    return run.scenario, learner, ctx
+    run = load_saved(run_dir)  # head_swap's: scenario from the run's manifest, its saved model
+    if not hasattr(run.learner, "signatures"):
+        raise SystemExit(f"{run_dir}: not a proteus run ({type(run.learner).__name__})")
+    return run.scenario, run.learner, run.ctx
 
 
 def evidence(learner, ctx, data) -> dict:

@@ -84,7 +84,6 @@ class ProteusOptions(LowRankOptions):
     # raw coordinates (class-Gaussian signatures: kappa = 0, never certifies; docs certificate.md)
     certificate_form: Literal["per-task", "signature"] = "per-task"
 
-
     @model_validator(mode="after")
     def _class_decision_needs_class_gaussians(self):
         if self.decision == "class" and not self.class_decision_holds():
@@ -304,23 +303,22 @@ class Proteus(LowRankLearner):
         candidate task's units (a mixed batch)."""
         o = self.options
         D = self.signatures.class_scores(features, self.num_classes)
-        allowed = np.zeros((self.tasks_learned, self.num_classes), dtype=bool)
-        for k, cls in enumerate(self.task_classes):
-            allowed[k, cls] = True
+        allowed = self._task_mask(self.num_classes)
         task_best = np.stack([D[:, cls].max(1) for cls in self.task_classes], 1)  # (N, T)
         ranked = np.argsort(-task_best, axis=1, kind="stable")  # ties: the earlier task
         n = len(data)
         best = np.full(n, -np.inf)
         classes, tasks = np.zeros(n, dtype=np.int64), ranked[:, 0].copy()
-        shared = None  # a frozen backbone: one embedding serves every candidate
+        # a frozen backbone (no units): one embedding serves every candidate
+        frozen = (self._head_logits(data, ctx, tasks, prefix)
+                  if o.decision_weight and self.pool is None else None)
         for j in range(min(o.decision_top, self.tasks_learned)):
             cand = ranked[:, j]
-            score = D.copy()
+            score = D
             if o.decision_weight:
-                if shared is None:
-                    logits = self._head_logits(data, ctx, cand, prefix)
-                    shared = logits if self.pool is None else None
-                score += o.decision_weight * (logits if shared is None else shared)
+                logits = frozen if frozen is not None else self._head_logits(data, ctx, cand,
+                                                                             prefix)
+                score = D + o.decision_weight * logits
             score = np.where(allowed[cand], score, -np.inf)
             top = score.argmax(1)
             value = score[np.arange(n), top]
@@ -343,12 +341,16 @@ class Proteus(LowRankLearner):
         tasks = np.asarray(tasks, dtype=np.int64)
         logits = self._head_logits(data, ctx, tasks, prefix)
         if restrict:
-            allowed = np.zeros((self.tasks_learned, logits.shape[1]), dtype=bool)
-            for k, cls in enumerate(self.task_classes):
-                allowed[k, cls] = True
-            logits = np.where(allowed[tasks], logits, -np.inf)
+            logits = np.where(self._task_mask(logits.shape[1])[tasks], logits, -np.inf)
         classes = logits.argmax(1).astype(np.int64)
         return classes, logits[np.arange(len(data)), classes]
+
+    def _task_mask(self, num_classes: int) -> np.ndarray:
+        """(tasks, classes) boolean: the classes of each task's label space."""
+        allowed = np.zeros((self.tasks_learned, num_classes), dtype=bool)
+        for k, cls in enumerate(self.task_classes):
+            allowed[k, cls] = True
+        return allowed
 
     def _head_logits(self, data: LabeledData, ctx: Context, tasks: np.ndarray,
                      prefix: torch.Tensor | None) -> np.ndarray:
