@@ -89,6 +89,12 @@ PERCENT = {"final_accuracy", "task_il_accuracy", "average_incremental_accuracy",
            "average_forgetting", "task_retrieval_accuracy", "certified_fraction"}
 
 
+def baseline_preset(name: str, preset: str) -> Path | None:
+    """The baseline's preset file on ``preset``'s benchmark, or None where it has none."""
+    path = ROOT / f"configs/offline/baselines/{name}-{preset}.yaml"
+    return path if path.is_file() else None
+
+
 def load_json(path: Path) -> dict:
     return json.loads(path.read_text()) if path.is_file() else {}
 
@@ -358,8 +364,14 @@ def render(store: dict, out_md: Path, head_swap: dict | None = None,
         plt.close(fig)
         lines += ["", *sanity_check(variants)]
         missing = [v for v in [*VARIANTS, *BASELINES] if v not in variants]
+        unsupported = [v for v in missing if v in BASELINES and not baseline_preset(v, preset)]
+        missing = [v for v in missing if v not in unsupported]
         if missing:
             lines += ["", "Not yet measured on this preset: " + "; ".join(missing) + "."]
+        if unsupported:
+            lines += ["", "No preset on this benchmark (the learner refuses its backbone; the "
+                      "prompt family needs a transformer's tokens): " + "; ".join(unsupported)
+                      + "."]
         cmd_variants = " ".join(f"'{v}'" for v in variants)
         lines += ["", f"![accuracy after each task]({plot.name})", "",
                   f"Regenerate: `python benchmarks/results.py --presets {preset} --variants "
@@ -398,9 +410,10 @@ def main(argv: list[str] | None = None) -> int:
                 slug = variant.replace(" ", "").replace(",", "_").replace("(", "").replace(")", "")
                 if variant in BASELINES or variant in BASELINE_VARIANTS:
                     base, changes = BASELINE_VARIANTS.get(variant, (variant, []))
-                    path = ROOT / f"configs/offline/baselines/{base}-{preset}.yaml"
+                    path = baseline_preset(base, preset)
                     overrides = list(changes)
-                    if not path.is_file():  # e.g. the prompt family: transformer presets only
+                    if path is None:  # e.g. the prompt family: transformer presets only
+                        path = ROOT / f"configs/offline/baselines/{base}-{preset}.yaml"
                         console.print(f"[yellow]{variant}: no {preset} preset ({path.name}), "
                                       "skipped[/yellow]")
                         continue
