@@ -173,25 +173,45 @@ def sanity_check(variants: dict) -> list[str]:
     return lines if len(lines) > 1 else []
 
 
+def paired_gap(ours: dict, theirs: dict) -> tuple[float, list[float], str]:
+    """Mean final-accuracy gap of two variants' rows, the per-seed paired differences over the
+    seeds both ran, and the verdict of the evidence issue's rule (positive on every seed and at
+    least 1 point on average)."""
+    gap = _mean(ours, "final_accuracy") - _mean(theirs, "final_accuracy")
+    paired = [ours[s]["final_accuracy"] - theirs[s]["final_accuracy"]
+              for s in sorted(set(ours) & set(theirs))]
+    verdict = "beats" if paired and min(paired) > 0 and gap >= 0.01 else "does not beat"
+    return gap, paired, verdict
+
+
+def _gap_text(gap: float, paired: list[float]) -> str:
+    return (f"mean final accuracy {100 * gap:+.2f} points; per seed "
+            + (", ".join(f"{100 * d:+.2f}" for d in paired) or "no common seeds")
+            + " (beating means positive on every seed and at least +1.00 on average).")
+
+
 def control_summary(store: dict) -> list[str]:
     """Per preset: does `proteus` beat the best frozen-feature control? (mean final accuracy,
-    and the per-seed paired differences where both ran the same seeds)."""
+    and the per-seed paired differences where both ran the same seeds). Then the control of
+    its decision: the same learner deciding in the paper's two steps."""
     lines = ["## PROTEUS against the best control on the same features", ""]
+    decision = []
     for preset, variants in store.items():
         ran = [c for c in CONTROLS if c in variants]
         if "proteus" not in variants or not ran:
             continue
         best = max(ran, key=lambda c: _mean(variants[c], "final_accuracy"))
-        ours, theirs = variants["proteus"], variants[best]
-        gap = _mean(ours, "final_accuracy") - _mean(theirs, "final_accuracy")
-        paired = [ours[s]["final_accuracy"] - theirs[s]["final_accuracy"]
-                  for s in sorted(set(ours) & set(theirs))]
-        verdict = ("beats" if paired and min(paired) > 0 and gap >= 0.01 else "does not beat")
-        lines.append(
-            f"- **{preset}**: `proteus` {verdict} the best control, `{best}`: mean final "
-            f"accuracy {100 * gap:+.2f} points; per seed "
-            + (", ".join(f"{100 * d:+.2f}" for d in paired) or "no common seeds")
-            + " (beating means positive on every seed and at least +1.00 on average).")
+        gap, paired, verdict = paired_gap(variants["proteus"], variants[best])
+        lines.append(f"- **{preset}**: `proteus` {verdict} the best control, `{best}`: "
+                     + _gap_text(gap, paired))
+        two_step = variants.get("proteus, retrieve then classify")
+        if two_step:
+            gap, paired, verdict = paired_gap(variants["proteus"], two_step)
+            decision.append(f"- **{preset}**: the class decision {verdict} retrieve then "
+                            "classify: " + _gap_text(gap, paired))
+    if decision:
+        lines += ["", "The default's decision against its control, the same runs deciding in "
+                  "the paper's two steps (`proteus, retrieve then classify`):", "", *decision]
     return [*lines, ""] if len(lines) > 2 else []
 
 

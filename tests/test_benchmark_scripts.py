@@ -150,6 +150,17 @@ def test_control_summary_says_when_proteus_does_not_beat_the_best_control():
     assert "+0.50, -0.20" in text  # per-seed paired differences, in points
     assert "**text**: `proteus` beats the best control, `ranpac`: mean final accuracy +15.00" \
         in text
+    assert "decision" not in text  # no retrieve-then-classify rows: no decision line
+
+    # the decision's own control: the same seeds deciding in two steps, by the same paired rule
+    store["vision"]["proteus, retrieve then classify"] = _runs(
+        **{"1": {"final_accuracy": 0.925}, "2": {"final_accuracy": 0.90}})
+    store["text"]["proteus, retrieve then classify"] = _runs(**{"1": {"final_accuracy": 0.68}})
+    text = "\n".join(results.control_summary(store))
+    assert ("**vision**: the class decision does not beat retrieve then classify: mean final "
+            "accuracy +0.25 points; per seed -0.50, +1.00") in text
+    assert "**text**: the class decision beats retrieve then classify: mean final accuracy " \
+        "+2.00" in text
 
 
 def _tiny_lora_preset(tmp_path, learner: str) -> Path:
