@@ -74,6 +74,9 @@ BASELINE_VARIANTS = {
     "sd-lora-ca, magnitudes carried over": ("sd-lora-ca", ["learner.magnitude_sharing=per-layer",
                                                             "learner.magnitude_init=null"]),
 }
+# baselines that retrieve a task and read that task's units: no one embedding for every input
+# (their Learner.embedding is None), so the head-swap control does not apply
+PER_TASK_EMBEDDING = {"s-prompts"}
 # what the protocol sanity check compares: learners trained by gradient on one task at a time
 CONTINUAL_LORA = ["seq-lora", "o-lora", "inflora", "sd-lora", "s-prompts"]
 COLUMNS = [("final_accuracy", "final accuracy"),
@@ -219,6 +222,8 @@ def head_swap_cell(head_swap: dict, preset: str, variant: str, seeds: list[str])
     """Ridge / NCM class-IL on the variant's final features (``benchmarks/head_swap.py``), mean
     over the row's seeds that were measured there (all measured seeds where none is the row's);
     the seeds are named when they differ from the row's."""
+    if variant in PER_TASK_EMBEDDING:
+        return "n/a: one embedding per task"
     measured = head_swap.get(preset, {}).get(variant, {})
     # the two stores fill independently: a seed head-swapped but not in the row would put
     # another run's features beside the row's accuracies

@@ -163,6 +163,19 @@ def test_control_summary_says_when_proteus_does_not_beat_the_best_control():
         "+2.00" in text
 
 
+def test_head_swap_cell_names_its_seeds_and_skips_learners_without_one_embedding():
+    results = _load("results")
+    store = {"text": {"l2p": {"1993": {"ridge": 0.6, "ncm": 0.5}},
+                      "s-prompts": {"1993": {"ridge": 0.9, "ncm": 0.9}}}}
+    assert results.head_swap_cell(store, "text", "l2p", ["1993"]) == "60.00 / 50.00"
+    # a row over more seeds than were head-swapped says which seeds the cell is from
+    assert results.head_swap_cell(store, "text", "l2p", ["1993", "1994"]) == \
+        "60.00 / 50.00 (seeds 1993)"
+    assert results.head_swap_cell(store, "text", "dualprompt", ["1993"]) == "—"
+    # S-Prompts reads the retrieved task's units: no one embedding, whatever a store holds
+    assert results.head_swap_cell(store, "text", "s-prompts", ["1993"]).startswith("n/a")
+
+
 def _tiny_lora_preset(tmp_path, learner: str) -> Path:
     """A tiny preset file for ``learner`` (rank 2, one epoch), for the head-swap script."""
     raw = tiny_config_dict(tmp_path / "runs", learner={"name": learner, "rank": 2,
