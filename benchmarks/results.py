@@ -213,8 +213,9 @@ def control_summary(store: dict) -> list[str]:
             decision.append(f"- **{preset}**: the class decision {verdict} retrieve then "
                             "classify: " + _gap_text(gap, paired))
     if decision:
-        lines += ["", "The default's decision against its control, the same runs deciding in "
-                  "the paper's two steps (`proteus, retrieve then classify`):", "", *decision]
+        lines += ["", "The default's decision against its control, the same seeds and training "
+                  "deciding in the paper's two steps (`proteus, retrieve then classify`):", "",
+                  *decision]
     return [*lines, ""] if len(lines) > 2 else []
 
 
