@@ -439,9 +439,8 @@ def main(argv: list[str] | None = None) -> int:
                     path = baseline_preset(base, preset)
                     overrides = list(changes)
                     if path is None:  # e.g. the prompt family: transformer presets only
-                        path = ROOT / f"configs/offline/baselines/{base}-{preset}.yaml"
-                        console.print(f"[yellow]{variant}: no {preset} preset ({path.name}), "
-                                      "skipped[/yellow]")
+                        console.print(f"[yellow]{variant}: no {preset} preset "
+                                      f"({base}-{preset}.yaml), skipped[/yellow]")
                         continue
                 else:
                     path, overrides = PRESETS[preset], list(VARIANTS[variant])
