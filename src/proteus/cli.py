@@ -271,7 +271,16 @@ def main(argv: list[str] | None = None) -> int:
     console = Console(stderr=True)
     try:
         return args.func(args, console)
-    except (ConfigError, ValueError, OSError, ImportError, DistributedError) as exc:
+    except DistributedError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        sys.stdout.flush()
+        sys.stderr.flush()
+        # A collective failed, so the process group's transport threads are in an undefined
+        # state: letting the interpreter tear them down can abort the process (gloo: "terminate
+        # called without an active exception", SIGABRT) and turn this clear exit 2 into a crash.
+        # Nothing is left to write (checkpoints are written atomically per task), so leave now.
+        os._exit(2)
+    except (ConfigError, ValueError, OSError, ImportError) as exc:
         # plain text, never wrapped: one line per problem, the input named at its start
         print(f"error: {exc}", file=sys.stderr)
         return 2
