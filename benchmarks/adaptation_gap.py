@@ -8,8 +8,9 @@ such as ``learner.scale=1.0``) and reports task-IL accuracy (the task given) and
 accuracy. The gap is joint-lora's task-IL minus the best frozen learner's task-IL: where it is
 at least ``--criterion`` points (5 by default, the evidence issue's), adapting the backbone is
 worth something that frozen features cannot give, and a continual method's adaptive part has
-room to show. Writes ``docs/adaptation_gap.json`` (merged by preset and seed) and
-``docs/adaptation_gap.md``.
+room to show. With ``--proteus`` it also runs the preset's own ``proteus`` with its units and
+with ``learner.train_adapters=false``, and reports what the units add. Writes
+``docs/adaptation_gap.json`` (merged by preset and seed) and ``docs/adaptation_gap.md``.
 """
 
 from __future__ import annotations
@@ -33,15 +34,19 @@ from proteus.storage import write_json_atomic, write_text_atomic  # noqa: E402
 FROZEN = ["simplecil", "ranpac", "lda"]
 #: each learner's options as its offline baseline presets set them
 OPTIONS = {"ranpac": ["learner.proj_dim=2048"]}
+#: with --proteus: the preset's own learner (proteus) with its units, and the same run with a
+#: frozen backbone; their difference is what the units are worth on the preset
+ADAPTIVE = {"proteus": [], "proteus, no units": ["learner.train_adapters=false"]}
 
 
-def measure(path: Path, learner: str, overrides: list[str], seed: int,
+def measure(path: Path, learner: str | None, overrides: list[str], seed: int,
             console: Console, label: str | None = None) -> dict:
-    """Final class-IL and task-IL of ``learner`` on the preset at ``path``; ``label`` (a
-    joint-lora setting's row name) names the run directory, so settings do not overwrite one
-    another's."""
+    """Final class-IL and task-IL of ``learner`` (None: the preset's own learner, with the
+    preset's options) on the preset at ``path``; ``label`` (a joint-lora setting's row name)
+    names the run directory, so settings do not overwrite one another's."""
     slug = "".join(c if c.isalnum() or c in "-." else "_" for c in label or learner)
-    config = proteus.load_config(path, [f"learner={{name: {learner}}}", *overrides,
+    chosen = [f"learner={{name: {learner}}}"] if learner else []
+    config = proteus.load_config(path, [*chosen, *overrides,
                                         f"seed={seed}", "progress=false",
                                         "output_dir=runs/adaptation-gap",
                                         f"name={path.stem}-{slug}-s{seed}"])
@@ -98,9 +103,25 @@ def render(store: dict, criterion: float) -> list[str]:
             lines += ["", f"Misses the {criterion:g}-point criterion whatever joint-lora does: the "
                           f"best frozen task-IL, {100 * max(frozen):.2f}, leaves at most "
                           f"{100 * (1 - max(frozen)):.2f} points (joint-lora not run)."]
+        lines += units_effect(runs)
         lines.append("")
     lines += summary(store, criterion)
     return lines
+
+
+def units_effect(runs: dict) -> list[str]:
+    """proteus with its units against the same preset with a frozen backbone, and against lda
+    (one seed: a measurement, not the evidence issue's 3-seed paired rule)."""
+    if "proteus" not in runs or "proteus, no units" not in runs:
+        return []
+    p, f = runs["proteus"], runs["proteus, no units"]
+    text = (f"Units (proteus minus proteus with `train_adapters: false`): "
+            f"{100 * (p['final_accuracy'] - f['final_accuracy']):+.2f} class-IL, "
+            f"{100 * (p['task_il_accuracy'] - f['task_il_accuracy']):+.2f} task-IL")
+    if "lda" in runs:
+        text += (f"; proteus minus lda: "
+                 f"{100 * (p['final_accuracy'] - runs['lda']['final_accuracy']):+.2f} class-IL")
+    return ["", text + "."]
 
 
 def summary(store: dict, criterion: float) -> list[str]:
@@ -150,6 +171,9 @@ def main(argv: list[str] | None = None) -> int:
                         help="the row name of this joint-lora setting (several can be kept per "
                              "preset; the gap is taken against the best of them)")
     parser.add_argument("--criterion", type=float, default=5.0)
+    parser.add_argument("--proteus", action="store_true",
+                        help="also run the preset's proteus with its units and with a frozen "
+                             "backbone (rows 'proteus' and 'proteus, no units')")
     parser.add_argument("--render-only", action="store_true",
                         help="rewrite the markdown from the store, run nothing")
     parser.add_argument("--force", action="store_true",
@@ -166,7 +190,7 @@ def main(argv: list[str] | None = None) -> int:
     for path in [] if args.render_only else args.presets:
         key = f"{path.relative_to(ROOT) if path.is_absolute() else path}@{args.seed}"
         runs = store.setdefault(key, {})
-        for learner in [*FROZEN, args.joint_label]:
+        for learner in [*FROZEN, args.joint_label, *(ADAPTIVE if args.proteus else [])]:
             if learner in runs and not args.force:
                 continue
             # the preset's own learner options belong to its learner: each runs with its
@@ -174,6 +198,11 @@ def main(argv: list[str] | None = None) -> int:
             # leaves no room for the criterion, joint-lora cannot change the verdict: skipped)
             frozen = frozen_task_il(runs)
             if learner == args.joint_label and frozen and not has_room(frozen, args.criterion):
+                continue
+            if learner in ADAPTIVE:  # the preset's own learner and options
+                runs[learner] = measure(path, None, ADAPTIVE[learner], args.seed, console,
+                                        label=learner)
+                write_json_atomic(args.store, store)
                 continue
             overrides = [*OPTIONS.get(learner, []),
                          *(args.joint if learner == args.joint_label else [])]

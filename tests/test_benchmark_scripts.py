@@ -330,6 +330,15 @@ def test_adaptation_gap_verdicts():
     text = "\n".join(gap.render(store, 5.0))
     assert "Gap (joint-lora, rank 16): +6.00 points (meets" in text
     assert "joint-lora, rank 16: rank 16, scale 1.0, lr 0.003, 6 epochs, targets `x`." in text
+    # with --proteus rows: what the units add over a frozen backbone, and proteus against lda
+    assert "Units (" not in text
+    store["a.yaml@1"]["proteus"] = {"task_il_accuracy": 0.90, "final_accuracy": 0.47}
+    store["a.yaml@1"]["proteus, no units"] = {"task_il_accuracy": 0.86, "final_accuracy": 0.465}
+    text = "\n".join(gap.render(store, 5.0))
+    assert ("Units (proteus minus proteus with `train_adapters: false`): +0.50 class-IL, "
+            "+4.00 task-IL; proteus minus lda: +3.00 class-IL.") in text
+    # the proteus rows are not frozen controls: the gap is still joint-lora against lda
+    assert "Gap (joint-lora): +7.00 points" in text
     # a label the rows are not found by is refused before anything runs
     with pytest.raises(SystemExit):
         gap.main(["a.yaml", "--joint-label", "lda", "--render-only"])
