@@ -23,12 +23,16 @@ from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
+import numpy as np  # noqa: E402
 from rich.console import Console  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "src"))
 
 import proteus  # noqa: E402
+
+sys.path.insert(0, str(ROOT / "benchmarks"))
+from results import _gap_text, paired_gap  # noqa: E402  (the evidence issue's paired rule)
 from proteus.storage import write_json_atomic, write_text_atomic  # noqa: E402
 
 FROZEN = ["simplecil", "ranpac", "lda"]
@@ -106,7 +110,38 @@ def render(store: dict, criterion: float) -> list[str]:
         lines += units_effect(runs)
         lines.append("")
     lines += summary(store, criterion)
+    lines += over_seeds(store)
     return lines
+
+
+def over_seeds(store: dict) -> list[str]:
+    """Per preset, over the seeds run: the units (proteus against the same run with a frozen
+    backbone) and proteus against the best frozen control, each by the evidence issue's paired
+    rule (positive on every seed and at least 1 point on average)."""
+    by_preset: dict[str, dict[str, dict[int, dict]]] = {}
+    for key, runs in store.items():
+        preset, seed = key.rsplit("@", 1)
+        for name, r in runs.items():
+            by_preset.setdefault(preset, {}).setdefault(name, {})[int(seed)] = r
+    lines = []
+    for preset, rows in by_preset.items():
+        ours = rows.get("proteus")
+        if not ours:
+            continue
+        seeds = ", ".join(str(x) for x in sorted(ours))
+        lines.append(f"- `{preset}` (proteus at seeds {seeds}):")
+        if "proteus, no units" in rows:
+            gap, paired, verdict = paired_gap(ours, rows["proteus, no units"])
+            lines.append(f"  - units ({verdict} `train_adapters: false`): "
+                         + _gap_text(gap, paired))
+        controls = {n: r for n, r in rows.items() if n in FROZEN and set(ours) <= set(r)}
+        if controls:
+            best = max(controls, key=lambda n: np.mean(
+                [controls[n][x]["final_accuracy"] for x in ours]))
+            gap, paired, verdict = paired_gap(ours, controls[best])
+            lines.append(f"  - against the best frozen control at those seeds, {best} "
+                         f"({verdict}): " + _gap_text(gap, paired))
+    return ["## proteus over seeds", "", *lines, ""] if lines else []
 
 
 def units_effect(runs: dict) -> list[str]:
@@ -128,9 +163,12 @@ def summary(store: dict, criterion: float) -> list[str]:
     """How many candidates meet the criterion, and how often adapting the backbone beat the
     frozen multi-block lda at all (task-IL and class-IL)."""
     verdicts, lda_wins, ran, pending = [], 0, 0, 0
-    for runs in store.values():
+    # a preset counts once: a seed run without joint-lora (more seeds of the frozen and
+    # proteus rows) leaves the verdict to the seed that has it
+    judged = {key.rsplit("@", 1)[0] for key, runs in store.items() if joint_rows(runs)}
+    for key, runs in store.items():
         joint, frozen = list(joint_rows(runs).values()), frozen_task_il(runs)
-        if not frozen:
+        if not frozen or (not joint and key.rsplit("@", 1)[0] in judged):
             continue
         best_joint = max((r["task_il_accuracy"] for r in joint), default=None)
         if best_joint is None and has_room(frozen, criterion):
@@ -171,6 +209,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="the row name of this joint-lora setting (several can be kept per "
                              "preset; the gap is taken against the best of them)")
     parser.add_argument("--criterion", type=float, default=5.0)
+    parser.add_argument("--no-joint", action="store_true",
+                        help="skip joint-lora (e.g. more seeds of the frozen and proteus rows)")
     parser.add_argument("--proteus", action="store_true",
                         help="also run the preset's proteus with its units and with a frozen "
                              "backbone (rows 'proteus' and 'proteus, no units')")
@@ -190,7 +230,8 @@ def main(argv: list[str] | None = None) -> int:
     for path in [] if args.render_only else args.presets:
         key = f"{path.relative_to(ROOT) if path.is_absolute() else path}@{args.seed}"
         runs = store.setdefault(key, {})
-        for learner in [*FROZEN, args.joint_label, *(ADAPTIVE if args.proteus else [])]:
+        joint = [] if args.no_joint else [args.joint_label]
+        for learner in [*FROZEN, *joint, *(ADAPTIVE if args.proteus else [])]:
             if learner in runs and not args.force:
                 continue
             # the preset's own learner options belong to its learner: each runs with its

@@ -339,6 +339,20 @@ def test_adaptation_gap_verdicts():
             "+4.00 task-IL; proteus minus lda: +3.00 class-IL.") in text
     # the proteus rows are not frozen controls: the gap is still joint-lora against lda
     assert "Gap (joint-lora): +7.00 points" in text
+    # another seed of the same preset without joint-lora: not a second candidate, and the
+    # units and the best control are judged over both seeds by the paired rule
+    store["a.yaml@2"] = {"lda": {"task_il_accuracy": 0.88, "final_accuracy": 0.45},
+                         "proteus": {"task_il_accuracy": 0.90, "final_accuracy": 0.455},
+                         "proteus, no units": {"task_il_accuracy": 0.86,
+                                               "final_accuracy": 0.46}}
+    text = "\n".join(gap.render(store, 5.0))
+    assert "2 of 3 candidate presets meet the criterion (1 more awaits joint-lora)" in text
+    assert "- `a.yaml` (proteus at seeds 1, 2):" in text
+    assert "units (does not beat `train_adapters: false`)" in text
+    assert "per seed +0.50, -0.50 (beating means" in text
+    # lda (0.44 at seed 1, 0.45 at seed 2) is the best frozen control present at both seeds
+    assert ("against the best frozen control at those seeds, lda (beats): mean final accuracy "
+            "+1.75 points; per seed +3.00, +0.50") in text
     # a label the rows are not found by is refused before anything runs
     with pytest.raises(SystemExit):
         gap.main(["a.yaml", "--joint-label", "lda", "--render-only"])
