@@ -2,8 +2,8 @@
 
     python benchmarks/adaptation_gap.py configs/offline/vision-hard.yaml --seed 1993
 
-For each preset, runs the frozen-feature learners (simplecil, ranpac, lda on the multi-block
-features) and the adapted upper bound joint-lora (its preset options, or ``--joint`` overrides
+For each preset, runs the frozen-feature learners (simplecil, ranpac and fecam with their
+baseline presets' options, lda on the multi-block features) and the adapted upper bound joint-lora (its preset options, or ``--joint`` overrides
 such as ``learner.scale=1.0``) and reports task-IL accuracy (the task given) and final class-IL
 accuracy. The gap is joint-lora's task-IL minus the best frozen learner's task-IL: where it is
 at least ``--criterion`` points (5 by default, the evidence issue's), adapting the backbone is
@@ -35,7 +35,7 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 from results import _gap_text, paired_gap  # noqa: E402  (the evidence issue's paired rule)
 from proteus.storage import write_json_atomic, write_text_atomic  # noqa: E402
 
-FROZEN = ["simplecil", "ranpac", "lda"]
+FROZEN = ["simplecil", "ranpac", "lda", "fecam"]
 #: each learner's options as its offline baseline presets set them
 OPTIONS = {"ranpac": ["learner.proj_dim=2048"]}
 #: with --proteus: the preset's own learner (proteus) with its units, and the same run with a
@@ -54,7 +54,7 @@ def measure(path: Path, learner: str | None, overrides: list[str], seed: int,
                                         f"seed={seed}", "progress=false",
                                         "output_dir=runs/adaptation-gap",
                                         f"name={path.stem}-{slug}-s{seed}"])
-    console.rule(f"{path.stem} · {learner} · seed {seed}")
+    console.rule(f"{path.stem} · {label or learner} · seed {seed}")
     results = proteus.run(config, console=console)
     m = results["metrics"]
     return {"final_accuracy": m["final_accuracy"], "task_il_accuracy": m["task_il_accuracy"],
@@ -141,6 +141,10 @@ def over_seeds(store: dict) -> list[str]:
             gap, paired, verdict = paired_gap(ours, controls[best])
             lines.append(f"  - against the best frozen control at those seeds, {best} "
                          f"({verdict}): " + _gap_text(gap, paired))
+            if "proteus, no units" in rows:  # how much of that margin the units account for
+                gap, paired, verdict = paired_gap(rows["proteus, no units"], controls[best])
+                lines.append(f"  - proteus with a frozen backbone against {best} ({verdict}): "
+                             + _gap_text(gap, paired))
     return ["## proteus over seeds", "", *lines, ""] if lines else []
 
 

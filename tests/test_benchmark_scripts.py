@@ -353,6 +353,8 @@ def test_adaptation_gap_verdicts():
     # lda (0.44 at seed 1, 0.45 at seed 2) is the best frozen control present at both seeds
     assert ("against the best frozen control at those seeds, lda (beats): mean final accuracy "
             "+1.75 points; per seed +3.00, +0.50") in text
+    assert ("proteus with a frozen backbone against lda (beats): mean final accuracy +1.75 "
+            "points; per seed +2.50, +1.00") in text
     # a label the rows are not found by is refused before anything runs
     with pytest.raises(SystemExit):
         gap.main(["a.yaml", "--joint-label", "lda", "--render-only"])
