@@ -3,12 +3,12 @@
     python benchmarks/adaptation_gap.py configs/offline/vision-hard.yaml --seed 1993
 
 For each preset, runs the frozen-feature learners (simplecil, ranpac and fecam with their
-baseline presets' options, lda on the multi-block features) and the adapted upper bound joint-lora (its preset options, or ``--joint`` overrides
-such as ``learner.scale=1.0``) and reports task-IL accuracy (the task given) and final class-IL
-accuracy. The gap is joint-lora's task-IL minus the best frozen learner's task-IL: where it is
-at least ``--criterion`` points (5 by default, the evidence issue's), adapting the backbone is
-worth something that frozen features cannot give, and a continual method's adaptive part has
-room to show. With ``--proteus`` it also runs the preset's own ``proteus`` with its units and
+baseline presets' options, lda on the multi-block features) and the adapted upper bound
+joint-lora (its preset options, or ``--joint`` overrides such as ``learner.scale=1.0``) and
+reports task-IL accuracy (the task given) and final class-IL accuracy. The gap is joint-lora's
+task-IL minus the best frozen learner's task-IL: where it is at least ``--criterion`` points
+(5 by default, the evidence issue's), adapting the backbone is worth something that frozen
+features cannot give, and a continual method's adaptive part has room to show. With ``--proteus`` it also runs the preset's own ``proteus`` with its units and
 with ``learner.train_adapters=false``, and reports what the units add. Writes
 ``docs/adaptation_gap.json`` (merged by preset and seed) and ``docs/adaptation_gap.md``.
 """
@@ -32,7 +32,7 @@ sys.path.insert(0, str(ROOT / "src"))
 import proteus  # noqa: E402
 
 sys.path.insert(0, str(ROOT / "benchmarks"))
-from results import _gap_text, paired_gap  # noqa: E402  (the evidence issue's paired rule)
+from results import gap_text, paired_gap  # noqa: E402  (the evidence issue's paired rule)
 from proteus.storage import write_json_atomic, write_text_atomic  # noqa: E402
 
 FROZEN = ["simplecil", "ranpac", "lda", "fecam"]
@@ -133,18 +133,18 @@ def over_seeds(store: dict) -> list[str]:
         if "proteus, no units" in rows:
             gap, paired, verdict = paired_gap(ours, rows["proteus, no units"])
             lines.append(f"  - units ({verdict} `train_adapters: false`): "
-                         + _gap_text(gap, paired))
+                         + gap_text(gap, paired))
         controls = {n: r for n, r in rows.items() if n in FROZEN and set(ours) <= set(r)}
         if controls:
             best = max(controls, key=lambda n: np.mean(
                 [controls[n][x]["final_accuracy"] for x in ours]))
             gap, paired, verdict = paired_gap(ours, controls[best])
             lines.append(f"  - against the best frozen control at those seeds, {best} "
-                         f"({verdict}): " + _gap_text(gap, paired))
+                         f"({verdict}): " + gap_text(gap, paired))
             if "proteus, no units" in rows:  # how much of that margin the units account for
                 gap, paired, verdict = paired_gap(rows["proteus, no units"], controls[best])
                 lines.append(f"  - proteus with a frozen backbone against {best} ({verdict}): "
-                             + _gap_text(gap, paired))
+                             + gap_text(gap, paired))
     return ["## proteus over seeds", "", *lines, ""] if lines else []
 
 
@@ -245,14 +245,12 @@ def main(argv: list[str] | None = None) -> int:
             if learner == args.joint_label and frozen and not has_room(frozen, args.criterion):
                 continue
             if learner in ADAPTIVE:  # the preset's own learner and options
-                runs[learner] = measure(path, None, ADAPTIVE[learner], args.seed, console,
-                                        label=learner)
-                write_json_atomic(args.store, store)
-                continue
-            overrides = [*OPTIONS.get(learner, []),
-                         *(args.joint if learner == args.joint_label else [])]
-            runs[learner] = measure(path, "joint-lora" if learner == args.joint_label else learner,
-                                    overrides, args.seed, console, label=learner)
+                name, overrides = None, ADAPTIVE[learner]
+            elif learner == args.joint_label:
+                name, overrides = "joint-lora", args.joint
+            else:
+                name, overrides = learner, OPTIONS.get(learner, [])
+            runs[learner] = measure(path, name, overrides, args.seed, console, label=learner)
             write_json_atomic(args.store, store)
     write_text_atomic(args.out, "\n".join(render(store, args.criterion)) + "\n")
     console.print(f"wrote {args.store} and {args.out}")

@@ -187,7 +187,7 @@ def paired_gap(ours: dict, theirs: dict) -> tuple[float, list[float], str]:
     return gap, paired, verdict
 
 
-def _gap_text(gap: float, paired: list[float]) -> str:
+def gap_text(gap: float, paired: list[float]) -> str:
     return (f"mean final accuracy {100 * gap:+.2f} points; per seed "
             + (", ".join(f"{100 * d:+.2f}" for d in paired) or "no common seeds")
             + " (beating means positive on every seed and at least +1.00 on average).")
@@ -206,12 +206,12 @@ def control_summary(store: dict) -> list[str]:
         best = max(ran, key=lambda c: _mean(variants[c], "final_accuracy"))
         gap, paired, verdict = paired_gap(variants["proteus"], variants[best])
         lines.append(f"- **{preset}**: `proteus` {verdict} the best control, `{best}`: "
-                     + _gap_text(gap, paired))
+                     + gap_text(gap, paired))
         two_step = variants.get("proteus, retrieve then classify")
         if two_step:
             gap, paired, verdict = paired_gap(variants["proteus"], two_step)
             decision.append(f"- **{preset}**: the class decision {verdict} retrieve then "
-                            "classify: " + _gap_text(gap, paired))
+                            "classify: " + gap_text(gap, paired))
     if decision:
         lines += ["", "The default's decision against its control, the same seeds and training "
                   "deciding in the paper's two steps (`proteus, retrieve then classify`):", "",
