@@ -8,8 +8,9 @@ joint-lora (its preset options, or ``--joint`` overrides such as ``learner.scale
 reports task-IL accuracy (the task given) and final class-IL accuracy. The gap is joint-lora's
 task-IL minus the best frozen learner's task-IL: where it is at least ``--criterion`` points
 (5 by default, the evidence issue's), adapting the backbone is worth something that frozen
-features cannot give, and a continual method's adaptive part has room to show. With ``--proteus`` it also runs the preset's own ``proteus`` with its units and
-with ``learner.train_adapters=false``, and reports what the units add. Writes
+features cannot give, and a continual method's adaptive part has room to show. With
+``--proteus`` it also runs the preset's own ``proteus`` with its units and with
+``learner.train_adapters=false``, and reports what the units add. Writes
 ``docs/adaptation_gap.json`` (merged by preset and seed) and ``docs/adaptation_gap.md``.
 """
 
