@@ -5,6 +5,14 @@
 Every run is a normal ``proteus run`` (its directory lands in runs/bench/...). Summaries are kept in
 docs/results.json, merged with earlier invocations, so presets can be run separately; the markdown
 table docs/results.md and the plot docs/results-<preset>.png are rebuilt from all of them.
+
+A run already made elsewhere (say by benchmarks/adaptation_gap.py) joins the store without a rerun:
+
+    python benchmarks/results.py --adopt text-large lda runs/adaptation-gap/text-large-lda-s1993
+
+It is adopted only if its recorded config is the one this script would run for that preset,
+variant and seed (its name and output directory aside); its wall time is the run's own timing
+(training plus evaluation, model loading left out).
 """
 
 from __future__ import annotations
@@ -28,6 +36,8 @@ from rich.console import Console  # noqa: E402
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "src"))
 
+import yaml  # noqa: E402
+
 import proteus  # noqa: E402
 from proteus.metrics import mean_std  # noqa: E402
 from proteus.storage import write_json_atomic, write_text_atomic  # noqa: E402
@@ -35,7 +45,12 @@ from proteus.storage import write_json_atomic, write_text_atomic  # noqa: E402
 PRESETS = {
     "vision": ROOT / "configs/offline/vision-fmnist-mnist.yaml",
     "text": ROOT / "configs/offline/text-wordnet.yaml",
+    # the hard preset of the evidence issue closest to its criterion (docs/adaptation_gap.md)
+    "text-large": ROOT / "configs/offline/text-large.yaml",
 }
+# a preset cut from another benchmark's data: its baselines run from that benchmark's baseline
+# presets with this preset's data and scenario sections on top (one learner recipe per family)
+DERIVED = {"text-large": "text"}
 # variant -> config overrides applied on top of the preset (whose learner is `proteus`)
 VARIANTS = {
     "proteus": [],
@@ -92,10 +107,74 @@ PERCENT = {"final_accuracy", "task_il_accuracy", "average_incremental_accuracy",
            "average_forgetting", "task_retrieval_accuracy", "certified_fraction"}
 
 
-def baseline_preset(name: str, preset: str) -> Path | None:
-    """The baseline's preset file on ``preset``'s benchmark, or None where it has none."""
+def baseline_preset(name: str, preset: str) -> tuple[Path, list[str]] | None:
+    """The baseline's preset file on ``preset``'s benchmark and the overrides that go on top
+    (a ``DERIVED`` preset's data and scenario), or None where it has none."""
     path = ROOT / f"configs/offline/baselines/{name}-{preset}.yaml"
-    return path if path.is_file() else None
+    if path.is_file():
+        return path, []
+    parent = DERIVED.get(preset)
+    found = baseline_preset(name, parent) if parent else None
+    if found is None:
+        return None
+    own = yaml.safe_load(PRESETS[preset].read_text())
+    return found[0], found[1] + flat_overrides({k: own[k] for k in ("data", "scenario")
+                                                if k in own})
+
+
+def flat_overrides(section: dict, prefix: str = "") -> list[str]:
+    """``{"scenario": {"num_tasks": 2}}`` -> ``["scenario.num_tasks=2"]``: mappings merge key
+    by key as a ``base:`` preset would; lists and values replace (JSON is YAML flow)."""
+    out = []
+    for key, value in section.items():
+        if isinstance(value, dict):
+            out += flat_overrides(value, f"{prefix}{key}.")
+        else:
+            out.append(f"{prefix}{key}={json.dumps(value)}")
+    return out
+
+
+def run_config(preset: str, variant: str, seed: int, runs_dir: str):
+    """The config this script runs for ``variant`` on ``preset`` at ``seed``, or None where the
+    baseline has no preset on that benchmark."""
+    slug = variant.replace(" ", "").replace(",", "_").replace("(", "").replace(")", "")
+    if variant in BASELINES or variant in BASELINE_VARIANTS:
+        base, changes = BASELINE_VARIANTS.get(variant, (variant, []))
+        found = baseline_preset(base, preset)
+        if found is None:  # e.g. the prompt family: transformer presets only
+            return None
+        path, overrides = found[0], found[1] + list(changes)
+    else:
+        path, overrides = PRESETS[preset], list(VARIANTS[variant])
+    overrides += [f"seed={seed}", "progress=false", f"output_dir={runs_dir}/{preset}",
+                  f"name={slug}-s{seed}"]
+    return proteus.load_config(path, overrides)
+
+
+def adopt(store: dict, preset: str, variant: str, run_dir: Path) -> str:
+    """Put a finished run's summary in the store as ``variant`` on ``preset`` at its seed, if
+    its recorded config is the one :func:`run_config` gives; returns the seed."""
+    try:
+        results = json.loads((run_dir / "results.json").read_text())
+    except (OSError, ValueError) as exc:
+        raise SystemExit(f"--adopt {run_dir}: no readable results.json ({exc})") from None
+    seed = int(results["seed"])
+    config = run_config(preset, variant, seed, "runs/bench")
+    if config is None:
+        raise SystemExit(f"--adopt: {variant} has no preset on {preset}")
+    ignore = {"name", "output_dir", "progress"}
+    want = {k: v for k, v in config.resolved().items() if k not in ignore}
+    have = {k: v for k, v in results["config"].items() if k not in ignore}
+    differ = sorted(k for k in want.keys() | have.keys() if want.get(k) != have.get(k))
+    if differ:
+        raise SystemExit(f"--adopt {run_dir}: its config differs from {variant} on {preset} at "
+                         f"seed {seed} in {', '.join(differ)}")
+    wall = sum(t.get("train_s", 0) + t.get("eval_s", 0) + t.get("task_il_eval_s", 0)
+               for t in results["timing"])
+    summary = summarise(results, wall)
+    summary["adopted_from"] = str(run_dir)
+    store.setdefault(preset, {}).setdefault(variant, {})[str(seed)] = summary
+    return str(seed)
 
 
 def load_json(path: Path) -> dict:
@@ -130,7 +209,8 @@ def fmt(key: str, stat: dict, spread: bool = True) -> str:
 
 def variant_stats(runs: dict) -> dict:
     """``mean_std`` of a variant's runs over its seeds (the per-task curve left out)."""
-    return mean_std([{k: v for k, v in runs[s].items() if k != "accuracy_seen"}
+    return mean_std([{k: v for k, v in runs[s].items() if k not in ("accuracy_seen",
+                                                                   "adopted_from")}
                      for s in sorted(runs)])
 
 
@@ -422,6 +502,10 @@ def main(argv: list[str] | None = None) -> int:
                         help="benchmarks/head_swap.py's store, for the head-swap column")
     parser.add_argument("--baselines-md", type=Path, default=ROOT / "docs/baselines.md",
                         help="the page whose generated tables block is rewritten")
+    parser.add_argument("--adopt", nargs=3, action="append",
+                        metavar=("PRESET", "VARIANT", "RUN_DIR"),
+                        help="store a finished run as VARIANT on PRESET (its config must be the "
+                             "one this script would run), run nothing else; repeatable")
     parser.add_argument("--render-only", action="store_true",
                         help="rebuild the markdown table and plots from --store, run nothing")
     args = parser.parse_args(argv)
@@ -430,23 +514,19 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"unknown variants {unknown}; valid: {known}")
     console = Console(stderr=True)
     store = load_json(args.store)
-    for preset in [] if args.render_only else args.presets:
+    for preset, variant, run_dir in args.adopt or []:
+        if preset not in PRESETS or variant not in known:
+            parser.error(f"--adopt {preset} {variant}: unknown preset or variant")
+        seed = adopt(store, preset, variant, Path(run_dir))
+        write_json_atomic(args.store, store)
+        console.print(f"adopted {run_dir} as {variant} on {preset}, seed {seed}")
+    for preset in [] if args.render_only or args.adopt else args.presets:
         for variant in args.variants:
             for seed in args.seeds:
-                slug = variant.replace(" ", "").replace(",", "_").replace("(", "").replace(")", "")
-                if variant in BASELINES or variant in BASELINE_VARIANTS:
-                    base, changes = BASELINE_VARIANTS.get(variant, (variant, []))
-                    path = baseline_preset(base, preset)
-                    overrides = list(changes)
-                    if path is None:  # e.g. the prompt family: transformer presets only
-                        console.print(f"[yellow]{variant}: no {preset} preset "
-                                      f"({base}-{preset}.yaml), skipped[/yellow]")
-                        continue
-                else:
-                    path, overrides = PRESETS[preset], list(VARIANTS[variant])
-                overrides += [f"seed={seed}", "progress=false",
-                              f"output_dir={args.runs_dir}/{preset}", f"name={slug}-s{seed}"]
-                config = proteus.load_config(path, overrides)
+                config = run_config(preset, variant, seed, args.runs_dir)
+                if config is None:
+                    console.print(f"[yellow]{variant}: no {preset} preset, skipped[/yellow]")
+                    continue
                 console.rule(f"{preset} · {variant} · seed {seed}")
                 t0 = time.perf_counter()
                 results = proteus.run(config, console=console)

@@ -4,6 +4,13 @@
         --grid learner.signature.reg_covar=1e-6,1e-4,1e-2 --grid learner.restrict_to_task=true,false \\
         --val-fraction 0.1 --seeds 1993 1994 --out docs/tuning/proteus-vision.json
 
+Settings that only make sense together (a whole training recipe) are given as explicit points
+instead, each a ``;``-separated list of overrides (keys a point leaves out keep the preset's
+value)::
+
+    python benchmarks/tune.py configs/offline/text-large.yaml --point "learner.epochs=2" \
+        --point "learner.rank=8;learner.scale=1.0;learner.epochs=4" --out docs/tuning/x.json
+
 Every point of the grid (the product of the ``--grid`` lists) runs the preset with
 ``scenario.val_fraction`` set, so a seeded share of every class's training samples is held out
 and the model trains on the rest. The point with the highest mean *validation* final accuracy
@@ -43,9 +50,23 @@ def parse_grid(items: list[str]) -> dict[str, list[str]]:
     return grid
 
 
-def tune(preset: Path, grid: dict[str, list[str]], seeds: list[int], val_fraction: float,
-         runs_dir: str) -> dict:
-    points = [dict(zip(grid, values)) for values in itertools.product(*grid.values())]
+def parse_point(item: str) -> dict[str, str]:
+    point: dict[str, str] = {}
+    for part in filter(None, (p.strip() for p in item.split(";"))):
+        key, sep, value = part.partition("=")
+        if not sep or not key or not value:
+            raise SystemExit(f"--point {item!r}: expected KEY=V;KEY=V...")
+        point[key] = value
+    return point
+
+
+def grid_points(grid: dict[str, list[str]]) -> list[dict[str, str]]:
+    return [dict(zip(grid, values)) for values in itertools.product(*grid.values())]
+
+
+def tune(preset: Path, points: list[dict[str, str]], seeds: list[int], val_fraction: float,
+         runs_dir: str, grid: dict[str, list[str]] | None = None) -> dict:
+    """Run every point (a dict of overrides) on validation; ``grid`` is only recorded."""
     measured = []
     for number, point in enumerate(points):
         per_seed = {}
@@ -69,16 +90,18 @@ def tune(preset: Path, grid: dict[str, list[str]], seeds: list[int], val_fractio
 
 
 def render(result: dict) -> str:
-    keys = list(result["grid"])
+    keys = list(dict.fromkeys(k for row in result["points"] for k in row["point"]))
+    over = (f"Grid over {', '.join(keys)}" if result["grid"] else
+            f"{len(result['points'])} points over {', '.join(keys)} (blank: the preset's value)")
     lines = [f"# Tuning {result['preset']}", "",
-             f"Written by `benchmarks/tune.py`. Grid over {', '.join(keys)}; seeds "
+             f"Written by `benchmarks/tune.py`. {over}; seeds "
              f"{', '.join(map(str, result['seeds']))}; validation: {result['val_fraction']} of "
              f"every class's training samples. Rule: {result['rule']}.", "",
              "| " + " | ".join(keys) + " | validation final % | test final % | chosen |",
              "|" + "---|" * (len(keys) + 3)]
     for row in result["points"]:
         chosen = "yes" if row["point"] == result["chosen"] else ""
-        lines.append("| " + " | ".join(row["point"][k] for k in keys)
+        lines.append("| " + " | ".join(row["point"].get(k, "") for k in keys)
                      + f" | {100 * row['val_mean']:.2f} | {100 * row['test_mean']:.2f} | "
                      f"{chosen} |")
     return "\n".join(lines) + "\n"
@@ -88,14 +111,20 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("preset", type=Path)
-    parser.add_argument("--grid", action="append", required=True, metavar="KEY=V1,V2,...")
+    how = parser.add_mutually_exclusive_group(required=True)
+    how.add_argument("--grid", action="append", metavar="KEY=V1,V2,...")
+    how.add_argument("--point", action="append", metavar="KEY=V;KEY=V...")
     parser.add_argument("--seeds", nargs="+", type=int, default=[1993])
     parser.add_argument("--val-fraction", type=float, default=0.1)
     parser.add_argument("--runs-dir", default="runs/tune")
     parser.add_argument("--out", type=Path, required=True, help="JSON; the .md goes beside it")
     args = parser.parse_args(argv)
-    result = tune(args.preset, parse_grid(args.grid), args.seeds, args.val_fraction,
-                  args.runs_dir)
+    if args.grid:
+        grid = parse_grid(args.grid)
+        points = grid_points(grid)
+    else:
+        grid, points = None, [parse_point(p) for p in args.point]
+    result = tune(args.preset, points, args.seeds, args.val_fraction, args.runs_dir, grid)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     write_json_atomic(args.out, result)
     write_text_atomic(args.out.with_suffix(".md"), render(result))

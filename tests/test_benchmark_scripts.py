@@ -306,6 +306,32 @@ def test_tuning_chooses_on_validation_and_writes_down_the_grid(tmp_path, monkeyp
         tune.parse_grid(["learner.proj_dim"])
 
 
+def test_tuning_explicit_points_keep_the_preset_where_they_are_silent(tmp_path, monkeypatch):
+    tune = _load("tune")
+    monkeypatch.chdir(tmp_path)
+    path = tmp_path / "preset.yaml"
+    path.write_text(yaml.safe_dump(tiny_config_dict(tmp_path / "runs",
+                                                    learner={"name": "ranpac", "proj_dim": 64})))
+    out = tmp_path / "points.json"
+    assert tune.main([str(path), "--point", "", "--point", "learner.proj_dim=0;learner.lambdas=[1.0]",
+                      "--seeds", "1990", "--runs-dir", str(tmp_path / "runs"),
+                      "--out", str(out)]) == 0
+    import json
+
+    result = json.loads(out.read_text())
+    assert result["grid"] is None
+    assert [p["point"] for p in result["points"]] == [
+        {}, {"learner.proj_dim": "0", "learner.lambdas": "[1.0]"}]
+    runs = sorted((tmp_path / "runs").glob("point*-s1990/config.yaml"))
+    dims = [yaml.safe_load(r.read_text())["learner"]["proj_dim"] for r in runs]
+    assert dims == [64, 0]  # the empty point ran the preset as it is
+    table = out.with_suffix(".md").read_text()
+    assert "2 points over learner.proj_dim, learner.lambdas" in table
+    assert "|  |  |" in table  # the preset's point: blank cells
+    with pytest.raises(SystemExit):
+        tune.parse_point("learner.proj_dim")
+
+
 def test_adaptation_gap_verdicts():
     gap = _load("adaptation_gap")
 
@@ -396,3 +422,46 @@ def test_rerank_grid_spans_the_class_gaussian_and_the_two_step_decision():
     assert (rerank.decide(ev, task_classes, 1, 1e6, "within", 1.0) == two_step).all()
     # all tasks kept, head evidence dominant: the best ridge logit over every class
     assert (rerank.decide(ev, task_classes, 3, 1e6, "raw", 1.0) == ev["R"].argmax(1)).all()
+
+
+def test_results_derived_preset_and_adopting_a_run_only_if_its_config_matches(tmp_path,
+                                                                               monkeypatch):
+    """A derived preset's baseline runs the parent benchmark's baseline preset with the derived
+    preset's data and scenario on top; a finished run joins the store only with that config."""
+    results = _load("results")
+    monkeypatch.chdir(tmp_path)
+    base = tiny_config_dict(tmp_path / "runs")
+    (tmp_path / "configs/offline/baselines").mkdir(parents=True)
+    (tmp_path / "tiny.yaml").write_text(yaml.safe_dump(base))
+    (tmp_path / "tiny-large.yaml").write_text(yaml.safe_dump(
+        {"base": "tiny.yaml", "scenario": {"num_tasks": 2},
+         "data": [{**base["data"][0], "samples_per_class": 30}]}))
+    (tmp_path / "configs/offline/baselines/ranpac-tiny.yaml").write_text(yaml.safe_dump(
+        {"base": "../../../tiny.yaml", "learner": {"name": "ranpac", "proj_dim": 32}}))
+    monkeypatch.setattr(results, "ROOT", tmp_path)
+    monkeypatch.setattr(results, "PRESETS", {"tiny": tmp_path / "tiny.yaml",
+                                             "tiny-large": tmp_path / "tiny-large.yaml"})
+    monkeypatch.setattr(results, "DERIVED", {"tiny-large": "tiny"})
+
+    assert results.flat_overrides({"scenario": {"num_tasks": 2, "x": {"y": [1]}}}) == [
+        "scenario.num_tasks=2", "scenario.x.y=[1]"]
+    config = results.run_config("tiny-large", "ranpac", 1990, str(tmp_path / "runs"))
+    resolved = config.resolved()
+    assert resolved["learner"]["name"] == "ranpac" and resolved["learner"]["proj_dim"] == 32
+    assert resolved["scenario"]["num_tasks"] == 2
+    assert resolved["data"][0]["samples_per_class"] == 30
+    assert results.run_config("tiny-large", "l2p", 1990, "runs") is None  # no preset anywhere
+
+    import proteus
+
+    proteus.run(config)
+    run_dir = tmp_path / "runs" / "tiny-large" / "ranpac-s1990"
+    store: dict = {}
+    assert results.adopt(store, "tiny-large", "ranpac", run_dir) == "1990"
+    row = store["tiny-large"]["ranpac"]["1990"]
+    assert row["adopted_from"] == str(run_dir) and 0 <= row["final_accuracy"] <= 1
+    assert results.variant_stats(store["tiny-large"]["ranpac"])["final_accuracy"]["n"] == 1
+    # the same run offered as the parent benchmark's ranpac: its scenario and data differ
+    with pytest.raises(SystemExit, match="data, scenario"):
+        results.adopt(store, "tiny", "ranpac", run_dir)
+    assert list(store) == ["tiny-large"]
