@@ -101,7 +101,9 @@ def render(result: dict) -> str:
              "|" + "---|" * (len(keys) + 3)]
     for row in result["points"]:
         chosen = "yes" if row["point"] == result["chosen"] else ""
-        lines.append("| " + " | ".join(row["point"].get(k, "") for k in keys)
+        # a regex alternative's "|" would end the cell
+        lines.append("| " + " | ".join(row["point"].get(k, "").replace("|", "\\|")
+                                       for k in keys)
                      + f" | {100 * row['val_mean']:.2f} | {100 * row['test_mean']:.2f} | "
                      f"{chosen} |")
     return "\n".join(lines) + "\n"
