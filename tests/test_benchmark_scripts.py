@@ -162,6 +162,16 @@ def test_control_summary_says_when_proteus_does_not_beat_the_best_control():
     assert "**text**: the class decision beats retrieve then classify: mean final accuracy " \
         "+2.00" in text
 
+    # the units against a frozen backbone: only where that row ran every seed of proteus
+    assert "units" not in text
+    store["vision"][results.NO_UNITS] = _runs(**{"1": {"final_accuracy": 0.90}})
+    store["text"][results.NO_UNITS] = _runs(**{"1": {"final_accuracy": 0.685}})
+    text = "\n".join(results.control_summary(store))
+    # seed 2 missing: an older single-seed row
+    assert "**vision**: `proteus` with its units" not in text
+    assert ("**text**: `proteus` with its units beats a frozen backbone: mean final accuracy "
+            "+1.50") in text
+
 
 def test_head_swap_cell_names_its_seeds_and_skips_learners_without_one_embedding():
     results = _load("results")
@@ -313,8 +323,9 @@ def test_tuning_explicit_points_keep_the_preset_where_they_are_silent(tmp_path, 
     path.write_text(yaml.safe_dump(tiny_config_dict(tmp_path / "runs",
                                                     learner={"name": "ranpac", "proj_dim": 64})))
     out = tmp_path / "points.json"
-    assert tune.main([str(path), "--point", "", "--point", "learner.proj_dim=0;learner.lambdas=[1.0]",
-                      "--seeds", "1990", "--runs-dir", str(tmp_path / "runs"),
+    assert tune.main([str(path), "--point", "",
+                      "--point", "learner.proj_dim=0;learner.lambdas=[1.0]", "--seeds", "1990",
+                      "--runs-dir", str(tmp_path / "runs"),
                       "--out", str(out)]) == 0
     import json
 
