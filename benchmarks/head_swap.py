@@ -207,7 +207,10 @@ def render(store: dict) -> str:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--presets", nargs="+", default=["vision"], choices=["vision", "text"])
+    # text-large has no baseline presets of its own (benchmarks/results.py runs the text ones on
+    # its data): measure its finished runs with --runs
+    parser.add_argument("--presets", nargs="+", default=["vision"],
+                        choices=["vision", "text", "text-large"])
     parser.add_argument("--learners", nargs="+", default=LEARNERS)
     parser.add_argument("--seeds", nargs="+", type=int, default=[1993])
     parser.add_argument("--runs", type=Path, default=None,
@@ -229,8 +232,12 @@ def main(argv: list[str] | None = None) -> int:
                         continue
                     result = measure_saved(run_dir)
                 else:
-                    result = measure(ROOT / f"configs/offline/baselines/{learner}-{preset}.yaml",
-                                     seed, console)
+                    path = ROOT / f"configs/offline/baselines/{learner}-{preset}.yaml"
+                    if not path.is_file():
+                        console.print(f"{path}: no such preset (measure its runs with --runs), "
+                                      "skipped")
+                        continue
+                    result = measure(path, seed, console)
                 console.print(f"{preset} · {learner} · seed {seed}: own "
                               f"{100 * result['own']:.2f}, NCM {100 * result['ncm']:.2f}, "
                               f"ridge {100 * result['ridge']:.2f}")
