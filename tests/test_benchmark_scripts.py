@@ -151,6 +151,16 @@ def test_control_summary_says_when_proteus_does_not_beat_the_best_control():
     assert "**text**: `proteus` beats the best control, `ranpac`: mean final accuracy +15.00" \
         in text
     assert "decision" not in text  # no retrieve-then-classify rows: no decision line
+    assert "fewer seeds" not in text
+
+    # a control run on fewer seeds than proteus is not the verdict's; its paired seeds follow
+    store["text"]["proteus"]["2"] = {"final_accuracy": 0.72}
+    store["text"]["ranpac"]["2"] = {"final_accuracy": 0.56}
+    store["text"]["aper"] = _runs(**{"1": {"final_accuracy": 0.69}})
+    text = "\n".join(results.control_summary(store))
+    assert "**text**: `proteus` beats the best control, `ranpac`" in text
+    assert "Controls run on fewer seeds, per common seed: `aper` +1.00 (seed 1)." in text
+    del store["text"]["proteus"]["2"], store["text"]["ranpac"]["2"], store["text"]["aper"]
 
     # the decision's own control: the same seeds deciding in two steps, by the same paired rule
     store["vision"]["proteus, retrieve then classify"] = _runs(
