@@ -295,21 +295,20 @@ def control_summary(store: dict) -> list[str]:
         partial = [c for c in ran if c not in full]
         if partial:
             def diffs(c: str) -> str:
-                theirs = variants[c]
-                return ", ".join(
-                    f"{100 * (ours[x]['final_accuracy'] - theirs[x]['final_accuracy']):+.2f} "
-                    f"(seed {x})" for x in sorted(set(ours) & set(theirs)))
+                _, paired, _ = paired_gap(ours, variants[c])  # sorted by the common seeds
+                seeds = sorted(set(ours) & set(variants[c]))
+                return ", ".join(f"{100 * d:+.2f} (seed {x})" for d, x in zip(paired, seeds))
             line += (" Controls run on fewer seeds, per common seed: "
                      + "; ".join(f"`{c}` {diffs(c)}" for c in partial) + ".")
         lines.append(line)
         frozen = variants.get(NO_UNITS, {})
-        if frozen and set(variants["proteus"]) <= set(frozen):  # the same seeds, not one older
-            gap, paired, verdict = paired_gap(variants["proteus"], frozen)
+        if frozen and set(ours) <= set(frozen):  # the same seeds, not one older
+            gap, paired, verdict = paired_gap(ours, frozen)
             units.append(f"- **{preset}**: `proteus` with its units {verdict} a frozen "
                          "backbone: " + gap_text(gap, paired))
         two_step = variants.get("proteus, retrieve then classify")
         if two_step:
-            gap, paired, verdict = paired_gap(variants["proteus"], two_step)
+            gap, paired, verdict = paired_gap(ours, two_step)
             decision.append(f"- **{preset}**: the class decision {verdict} retrieve then "
                             "classify: " + gap_text(gap, paired))
     if units:
