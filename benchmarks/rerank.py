@@ -55,6 +55,8 @@ from proteus.storage import write_json_atomic, write_text_atomic  # noqa: E402
 BETAS = [0.0, 0.3, 1.0, 3.0, 10.0, 30.0, 100.0, 300.0, 1000.0]
 TAUS = [0.03, 0.1, 0.3, 1.0]
 TOPS = [1, 2, 3]
+DEFAULT_PURPOSE = ("The point chosen over all runs below set the default `learner.decision` of "
+                   "`proteus`.")
 
 
 def load(run_dir: Path):
@@ -117,15 +119,22 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--render-only", action="store_true",
                         help="rebuild the markdown from --out's JSON; the run_dirs are ignored")
+    parser.add_argument("--tops", type=int, nargs="+", default=TOPS,
+                        help="how many of the most likely tasks the decision scores (grid)")
+    parser.add_argument("--purpose", default=DEFAULT_PURPOSE,
+                        help="the markdown's first sentence: what this measurement decided")
     args = parser.parse_args(argv)
+    if min(args.tops) < 1:
+        parser.error("--tops: every value must be at least 1")
     if args.render_only:
         report = choose_over_runs(json.loads(args.out.read_text()))
         write_json_atomic(args.out, report)
         write_text_atomic(args.out.with_suffix(".md"), render(report) + "\n")
         return 0
-    grid = [(top, beta, "raw", None) for top, beta in itertools.product(TOPS, BETAS)] + [
-        (top, beta, "within", tau) for top, beta, tau in itertools.product(TOPS, BETAS[1:], TAUS)]
-    report = {"grid": {"top": TOPS, "beta": BETAS, "tau": TAUS}, "runs": {}}
+    tops = sorted(set(args.tops))
+    grid = [(top, beta, "raw", None) for top, beta in itertools.product(tops, BETAS)] + [
+        (top, beta, "within", tau) for top, beta, tau in itertools.product(tops, BETAS[1:], TAUS)]
+    report = {"purpose": args.purpose, "grid": {"top": tops, "beta": BETAS, "tau": TAUS}, "runs": {}}
     for run_dir in args.run_dirs:
         scenario, learner, ctx = load(run_dir)
         if any(t.val is None or len(t.val) == 0 for t in scenario.tasks):
@@ -175,8 +184,7 @@ def choose_over_runs(report: dict) -> dict:
 
 def render(report: dict) -> str:
     lines = ["# Re-ranking with the adapted backbones", "",
-             "The point chosen over all runs below set the default `learner.decision` of "
-             "`proteus`. Written by `benchmarks/rerank.py` (its docstring has the rule) from "
+             report.get("purpose", DEFAULT_PURPOSE) + " Written by `benchmarks/rerank.py` (its docstring has the rule) from "
              "the JSON of "
              "the same name. Final class-IL accuracy, percent, on the validation split the run "
              "held out and on the test split. *class Gaussians*: beta = 0, the most likely "

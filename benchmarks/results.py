@@ -163,10 +163,7 @@ def adopt(store: dict, preset: str, variant: str, run_dir: Path) -> str:
     config = run_config(preset, variant, seed, "runs/bench")
     if config is None:
         raise SystemExit(f"--adopt: {variant} has no preset on {preset}")
-    ignore = {"name", "output_dir", "progress"}
-    want = {k: v for k, v in config.resolved().items() if k not in ignore}
-    have = {k: v for k, v in results["config"].items() if k not in ignore}
-    differ = sorted(k for k in want.keys() | have.keys() if want.get(k) != have.get(k))
+    differ = config.differs_from(results["config"])
     if differ:
         raise SystemExit(f"--adopt {run_dir}: its config differs from {variant} on {preset} at "
                          f"seed {seed} in {', '.join(differ)}")

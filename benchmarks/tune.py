@@ -17,13 +17,16 @@ and the model trains on the rest. The point with the highest mean *validation* f
 over the seeds is chosen (ties: the first in grid order). Test accuracies are recorded beside,
 for the report, and play no part in the choice. The JSON holds the preset, the grid, the
 selection rule, every point's validation and test numbers per seed, and the chosen point; a
-markdown table goes beside it.
+markdown table goes beside it. Point n at a seed runs in ``<runs-dir>/point<n>-s<seed>``; with
+``--reuse`` a finished run there of exactly that config is read instead of rerun (an interrupted
+tuning resumes where it stopped, a longer list of points reuses the shorter one's runs).
 """
 
 from __future__ import annotations
 
 import argparse
 import itertools
+import json
 import os
 import statistics
 import sys
@@ -64,9 +67,27 @@ def grid_points(grid: dict[str, list[str]]) -> list[dict[str, str]]:
     return [dict(zip(grid, values)) for values in itertools.product(*grid.values())]
 
 
+def finished_run(config) -> dict | None:
+    """The results of ``config``'s run where its directory holds a finished run of exactly this
+    config (``--reuse``), else None."""
+    path = Path(config.output_dir) / config.name / "results.json"
+    try:
+        results = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    differ = config.differs_from(results.get("config", {}))
+    if differ:
+        print(f"{path}: not reused, its config differs in {', '.join(differ)}")
+        return None
+    print(f"{path}: reused")
+    return results
+
+
 def tune(preset: Path, points: list[dict[str, str]], seeds: list[int], val_fraction: float,
-         runs_dir: str, grid: dict[str, list[str]] | None = None) -> dict:
-    """Run every point (a dict of overrides) on validation; ``grid`` is only recorded."""
+         runs_dir: str, grid: dict[str, list[str]] | None = None, reuse: bool = False) -> dict:
+    """Run every point (a dict of overrides) on validation; ``grid`` is only recorded. With
+    ``reuse``, a point whose run directory already holds a finished run of the same config is
+    read, not rerun."""
     measured = []
     for number, point in enumerate(points):
         per_seed = {}
@@ -74,7 +95,8 @@ def tune(preset: Path, points: list[dict[str, str]], seeds: list[int], val_fract
             overrides = [f"{k}={v}" for k, v in point.items()] + [
                 f"scenario.val_fraction={val_fraction}", f"seed={seed}", "progress=false",
                 f"output_dir={runs_dir}", f"name=point{number}-s{seed}"]
-            results = proteus.run(proteus.load_config(preset, overrides))
+            config = proteus.load_config(preset, overrides)
+            results = (reuse and finished_run(config)) or proteus.run(config)
             per_seed[str(seed)] = {
                 "val_final_accuracy": results["validation"]["metrics"]["final_accuracy"],
                 "test_final_accuracy": results["metrics"]["final_accuracy"]}
@@ -120,13 +142,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--val-fraction", type=float, default=0.1)
     parser.add_argument("--runs-dir", default="runs/tune")
     parser.add_argument("--out", type=Path, required=True, help="JSON; the .md goes beside it")
+    parser.add_argument("--reuse", action="store_true",
+                        help="read a point's finished run from --runs-dir instead of rerunning "
+                             "it, where its recorded config is the one this point runs")
     args = parser.parse_args(argv)
     if args.grid:
         grid = parse_grid(args.grid)
         points = grid_points(grid)
     else:
         grid, points = None, [parse_point(p) for p in args.point]
-    result = tune(args.preset, points, args.seeds, args.val_fraction, args.runs_dir, grid)
+    result = tune(args.preset, points, args.seeds, args.val_fraction, args.runs_dir, grid,
+                  reuse=args.reuse)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     write_json_atomic(args.out, result)
     write_text_atomic(args.out.with_suffix(".md"), render(result))

@@ -352,6 +352,20 @@ def test_tuning_explicit_points_keep_the_preset_where_they_are_silent(tmp_path, 
     with pytest.raises(SystemExit):
         tune.parse_point("learner.proj_dim")
 
+    # --reuse: the finished runs of the same configs are read, not rerun; a point whose config
+    # differs from the run in its directory runs again
+    ran = []
+    real_run = tune.proteus.run
+    monkeypatch.setattr(tune.proteus, "run", lambda config: ran.append(config.name)
+                        or real_run(config))
+    again = tmp_path / "again.json"
+    assert tune.main([str(path), "--point", "", "--point", "learner.proj_dim=32",
+                      "--seeds", "1990", "--runs-dir", str(tmp_path / "runs"), "--reuse",
+                      "--out", str(again)]) == 0
+    assert ran == ["point1-s1990"]
+    reused = json.loads(again.read_text())["points"][0]
+    assert reused["seeds"] == result["points"][0]["seeds"]
+
 
 def test_adaptation_gap_verdicts():
     gap = _load("adaptation_gap")

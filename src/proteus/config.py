@@ -16,6 +16,7 @@ as ``learner.epoch`` fails at once, naming the key and the valid keys.
 from __future__ import annotations
 
 import copy
+import json
 from pathlib import Path
 from typing import Any, Literal
 
@@ -80,6 +81,16 @@ class RunConfig(BaseModel):
         out["backbone"] = self.backbone.resolved()
         out["learner"] = self.learner.resolved()
         return out
+
+    def differs_from(self, recorded: dict[str, Any]) -> list[str]:
+        """The top-level keys where a finished run's recorded config (``results.json``'s
+        ``config``) is not this one, ignoring where the run was written and whether it showed
+        progress; empty when the run is this config's run."""
+        ignore = {"name", "output_dir", "progress"}
+        # through JSON, as the run wrote it (tuples become lists)
+        want = json.loads(json.dumps(self.resolved()))
+        keys = (want.keys() | recorded.keys()) - ignore
+        return sorted(k for k in keys if want.get(k) != recorded.get(k))
 
 
 def _split_component(raw: Any, where: str) -> tuple[str, dict[str, Any]]:
