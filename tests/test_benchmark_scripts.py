@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import json
 from pathlib import Path
 
 import numpy as np
@@ -310,8 +311,6 @@ def test_tuning_chooses_on_validation_and_writes_down_the_grid(tmp_path, monkeyp
     assert tune.main([str(path), "--grid", "learner.proj_dim=0,64", "--seeds", "1990", "1991",
                       "--val-fraction", "0.25", "--runs-dir", str(tmp_path / "runs"),
                       "--out", str(out)]) == 0
-    import json
-
     result = json.loads(out.read_text())
     assert result["grid"] == {"learner.proj_dim": ["0", "64"]} and result["val_fraction"] == 0.25
     assert [p["point"] for p in result["points"]] == [{"learner.proj_dim": "0"},
@@ -337,8 +336,6 @@ def test_tuning_explicit_points_keep_the_preset_where_they_are_silent(tmp_path, 
                       "--point", "learner.proj_dim=0;learner.lambdas=[1.0]", "--seeds", "1990",
                       "--runs-dir", str(tmp_path / "runs"),
                       "--out", str(out)]) == 0
-    import json
-
     result = json.loads(out.read_text())
     assert result["grid"] is None
     assert [p["point"] for p in result["points"]] == [
@@ -365,6 +362,21 @@ def test_tuning_explicit_points_keep_the_preset_where_they_are_silent(tmp_path, 
     assert ran == ["point1-s1990"]
     reused = json.loads(again.read_text())["points"][0]
     assert reused["seeds"] == result["points"][0]["seeds"]
+
+
+def test_results_header_reads_the_signature_tunings_and_names_the_missing(tmp_path):
+    results = _load("results")
+    (tmp_path / "tuning").mkdir()
+    record = {"seeds": [1993], "val_fraction": 0.1,
+              "chosen": {"learner.signature.reg_covar": "1e-6"},
+              "points": [{"point": {"learner.signature.reg_covar": "1e-6"}, "val_mean": 0.93},
+                         {"point": {"learner.signature.reg_covar": "1e-4"}, "val_mean": 0.9025}]}
+    (tmp_path / "tuning/a.json").write_text(json.dumps(record))
+    text = results.signature_tuning_sentence(
+        {"vision": ["tuning/a.json"], "text": ["tuning/b.json"]}, docs=tmp_path)
+    assert "vision ([tuning/a.md](tuning/a.md), seed 1993, validation 0.1)" in text
+    assert "reg_covar 1e-6: 93.00 (chosen); reg_covar 1e-4: 90.25." in text
+    assert text.endswith("Not yet checked on validation: text (tuning/b.json).")
 
 
 def test_adaptation_gap_verdicts():
