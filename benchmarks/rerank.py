@@ -134,7 +134,8 @@ def main(argv: list[str] | None = None) -> int:
     tops = sorted(set(args.tops))
     grid = [(top, beta, "raw", None) for top, beta in itertools.product(tops, BETAS)] + [
         (top, beta, "within", tau) for top, beta, tau in itertools.product(tops, BETAS[1:], TAUS)]
-    report = {"purpose": args.purpose, "grid": {"top": tops, "beta": BETAS, "tau": TAUS}, "runs": {}}
+    report = {"purpose": args.purpose, "grid": {"top": tops, "beta": BETAS, "tau": TAUS},
+              "runs": {}}
     for run_dir in args.run_dirs:
         scenario, learner, ctx = load(run_dir)
         if any(t.val is None or len(t.val) == 0 for t in scenario.tasks):
@@ -184,9 +185,8 @@ def choose_over_runs(report: dict) -> dict:
 
 def render(report: dict) -> str:
     lines = ["# Re-ranking with the adapted backbones", "",
-             report.get("purpose", DEFAULT_PURPOSE) + " Written by `benchmarks/rerank.py` (its docstring has the rule) from "
-             "the JSON of "
-             "the same name. Final class-IL accuracy, percent, on the validation split the run "
+             report.get("purpose", DEFAULT_PURPOSE) + " Written by `benchmarks/rerank.py` (its "
+             "docstring has the rule) from the JSON of the same name. Final class-IL accuracy, percent, on the validation split the run "
              "held out and on the test split. *class Gaussians*: beta = 0, the most likely "
              "class over every class. *retrieve then classify*: retrieve the task, then its "
              "head's best class. *chosen*: the grid point with the best validation accuracy.", "",
