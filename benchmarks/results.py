@@ -403,7 +403,92 @@ def baseline_tables(store: dict, head_swap: dict) -> list[str]:
                   "head-swap: ridge / NCM |", "|---|---|---:|---:|---:|---:|",
                   *[row for _, row in sorted(rows, key=lambda r: -r[0])], ""]
         lines += alignment_check(variants, head_swap.get(preset, {}))
+        lines += budget_table(preset)
     return [*lines, END]
+
+
+# the learners with no training budget: analytic heads on frozen features
+ANALYTIC = {"simplecil", "ranpac", "lda", "fecam"}
+
+
+def tuning_records(docs: Path = ROOT / "docs") -> dict[str, list[tuple[str, dict]]]:
+    """Every ``benchmarks/tune.py`` record under ``docs/tuning``, by the preset it tuned
+    (its path relative to the repository root); other records there (``rerank.py``'s) have
+    no preset and are skipped."""
+    out: dict[str, list[tuple[str, dict]]] = {}
+    for path in sorted((docs / "tuning").glob("*.json")):
+        record = json.loads(path.read_text())
+        if "preset" not in record:
+            continue
+        out.setdefault(str(record["preset"]), []).append((f"tuning/{path.with_suffix('.md').name}",
+                                                          record))
+    return out
+
+
+def budget_of(learner: dict) -> str:
+    """A learner's training budget as its resolved config states it."""
+    if learner.get("steps_per_task") is not None:
+        return f"{learner['steps_per_task']} steps of batch {learner['batch_size']} a task"
+    return f"{learner['epochs']} epochs of batch {learner['batch_size']}"
+
+
+def disagreements(point: dict[str, str], resolved: dict) -> list[str]:
+    """The keys of a tuned point whose value the resolved config does not hold."""
+    out = []
+    for key, text in point.items():
+        node = resolved
+        for part in key.split("."):
+            node = node.get(part) if isinstance(node, dict) else None
+        if node != yaml.safe_load(text):
+            out.append(f"{key}={text}")
+    return out
+
+
+def budget_table(preset: str, docs: Path = ROOT / "docs") -> list[str]:
+    """Each gradient-trained baseline's budget on ``preset`` and what a validation split said
+    about it (the tuning records of its preset file); a preset that does not run the point its
+    record chose is named."""
+    records, rows = tuning_records(docs), []
+    for name in BASELINES:
+        found = None if name in ANALYTIC else baseline_preset(name, preset)
+        if found is None:
+            continue
+        path, overrides = found
+        resolved = proteus.load_config(path, overrides).resolved()
+        relative = str(path.relative_to(ROOT))
+        tuned = []
+        for md, record in records.get(relative, []):
+            points = "; ".join(
+                (", ".join(f"{k.split('.')[-1]} {v}" for k, v in row["point"].items())
+                 or "the preset's") + f": {100 * row['val_mean']:.2f}"
+                + (" (chosen)" if row["point"] == record["chosen"] else "")
+                for row in record["points"])
+            off = disagreements(record["chosen"], resolved)
+            tuned.append(f"[{Path(md).stem}]({md}) {points}"
+                         + (f" — **the preset does not run the chosen point** ({', '.join(off)})"
+                            if off else ""))
+        aligned = baseline_preset(f"{name}-ca", preset) if f"{name}-ca" in BASELINES else None
+        if not tuned and aligned and not overrides:
+            # the learner trains exactly as its classifier-aligned variant, which changes only
+            # the head after training, so that variant's budget record holds for it too
+            for _, record in records.get(str(aligned[0].relative_to(ROOT)), []):
+                off = disagreements(record["chosen"], resolved)
+                tuned.append(f"trains as `{name}-ca` (alignment changes only the head after "
+                             "training): that row's records hold"
+                             + (f" — **the preset does not run the chosen point** "
+                                f"({', '.join(off)})" if off else ""))
+        if overrides:  # a derived preset: the records of that file were tuned on its parent
+            tuned = [f"as on `{DERIVED[preset]}`, not tuned on this preset's data"]
+        rows.append(f"| {name} | `{relative}` | {budget_of(resolved['learner'])} | "
+                    + ("<br>".join(tuned) if tuned else "not tuned on validation") + " |")
+    if not rows:
+        return []
+    derived = (f" (`{preset}` runs the `{DERIVED[preset]}` presets on its own data, so their "
+               "budgets in epochs cover more steps here)" if preset in DERIVED else "")
+    return [f"Training budgets on `{preset}`{derived}, with the validation final accuracy (%) "
+            "of each point a `benchmarks/tune.py` record tried:", "",
+            "| learner | preset | budget | validation records |", "|---|---|---|---|",
+            *rows, ""]
 
 
 ALIGNED = ["inflora-ca", "o-lora-ca", "sd-lora-ca", "slca"]

@@ -73,7 +73,9 @@ def test_baseline_tables_replace_only_their_block_and_check_alignment(tmp_path):
     assert text.startswith("# intro\n\n") and text.endswith("\n\nafter\n")
     assert "old block" not in text
     lines = text.splitlines()
-    rows = [line for line in lines if line.startswith("| ") and not line.startswith("| learner")]
+    # the accuracy table's rows (the budget table below it names each learner's preset file)
+    rows = [line for line in lines if line.startswith("| ") and not line.startswith("| learner")
+            and "`configs/" not in line]
     assert [r.split(" | ")[0] for r in rows] == ["| joint-lora", "| inflora-ca", "| simplecil",
                                                  "| sd-lora-ca"]  # best final first
     assert "| inflora-ca | 1993, 1994 | 56.00 ± 1.00 | 90.00 | 10.00 | 70.00 / 60.00 " \
@@ -512,3 +514,43 @@ def test_results_derived_preset_and_adopting_a_run_only_if_its_config_matches(tm
     with pytest.raises(SystemExit, match="data, scenario"):
         results.adopt(store, "tiny", "ranpac", run_dir)
     assert list(store) == ["tiny-large"]
+
+
+def test_budget_table_reads_the_tuning_records_and_flags_a_preset_that_ignores_its_choice(
+        tmp_path):
+    results = _load("results")
+    (tmp_path / "tuning").mkdir()
+
+    def record(preset, chosen):  # the chosen point has the higher validation accuracy
+        return {"preset": preset, "seeds": [1993], "val_fraction": 0.1,
+                "chosen": {"learner.steps_per_task": chosen},
+                "points": [{"point": {"learner.steps_per_task": v},
+                            "val_mean": 0.59 if v == chosen else 0.57} for v in ("35", "70")]}
+
+    # inflora-ca's text preset runs 35 steps: a record that chose 35 agrees with it
+    (tmp_path / "tuning/a.json").write_text(json.dumps(
+        record("configs/offline/baselines/inflora-ca-text.yaml", "35")))
+    # ... and one that chose 70 does not, which the table must say
+    (tmp_path / "tuning/b.json").write_text(json.dumps(
+        record("configs/offline/baselines/sd-lora-ca-text.yaml", "70")))
+    (tmp_path / "tuning/rerank.json").write_text(json.dumps({"purpose": "no preset"}))
+    rows = {line.split(" | ")[0].strip("| "): line
+            for line in results.budget_table("text", docs=tmp_path) if line.startswith("| ")}
+    assert "35 steps of batch 128 a task" in rows["inflora-ca"]
+    assert "steps_per_task 35: 59.00 (chosen); steps_per_task 70: 57.00" in rows["inflora-ca"]
+    assert "does not run" not in rows["inflora-ca"]
+    assert ("the preset does not run the chosen point** (learner.steps_per_task=70)"
+            in rows["sd-lora-ca"])
+    assert "not tuned on validation" in rows["o-lora-ca"]
+    # the unaligned learners train as their -ca variants, whose records hold for them
+    assert "trains as `inflora-ca`" in rows["inflora"] and "does not run" not in rows["inflora"]
+    assert "(learner.steps_per_task=70)" in rows["sd-lora"]
+    assert "not tuned on validation" in rows["o-lora"]
+    assert "2 epochs of batch 32" in rows["l2p"]
+    assert not any(name in rows for name in results.ANALYTIC)
+    # a derived preset runs its parent's files on other data: their records do not apply
+    large = {line.split(" | ")[0].strip("| "): line
+             for line in results.budget_table("text-large", docs=tmp_path)
+             if line.startswith("| ")}
+    assert "not tuned on this preset's data" in large["inflora-ca"]
+    assert "59.00" not in large["inflora-ca"]
