@@ -312,8 +312,16 @@ def control_summary(store: dict) -> list[str]:
     and the per-seed paired differences where both ran the same seeds). Then the control of
     its decision: the same learner deciding in the paper's two steps."""
     lines = ["## PROTEUS against the best control on the same features", ""]
-    decision, units = [], []
+    decision, units, upper = [], [], []
     for preset, variants in store.items():
+        joint = variants.get("joint-lora", {})
+        shared = sorted(set(variants.get("proteus", {})) & set(joint))
+        if shared:  # on the seeds both ran: joint-lora is often run on fewer
+            gap, paired, verdict = paired_gap({s: variants["proteus"][s] for s in shared},
+                                              {s: joint[s] for s in shared})
+            upper.append(f"- **{preset}** (seed{'s' if len(shared) > 1 else ''} "
+                         f"{', '.join(shared)}): `proteus` {verdict} joint-lora: "
+                         + gap_text(gap, paired))
         ran = [c for c in CONTROLS if c in variants]
         if "proteus" not in variants or not ran:
             continue
@@ -347,6 +355,9 @@ def control_summary(store: dict) -> list[str]:
     if units:
         lines += ["", "What the low-rank units are worth: `proteus` against the same run with a "
                   f"frozen backbone (`{NO_UNITS}`), on every seed of `proteus`:", "", *units]
+    if upper:
+        lines += ["", "`proteus` against the upper bound, joint-lora (every task's data at once, "
+                  "its recipe as its preset states it), on the seeds both ran:", "", *upper]
     if decision:
         lines += ["", "The default's decision against its control, the same seeds and training "
                   "deciding in the paper's two steps (`proteus, retrieve then classify`):", "",
@@ -480,7 +491,8 @@ def budget_table(preset: str, docs: Path = ROOT / "docs") -> list[str]:
         if overrides:  # a derived preset: the records of that file were tuned on its parent
             tuned = [f"as on `{DERIVED[preset]}`, not tuned on this preset's data"]
         rows.append(f"| {name} | `{relative}` | {budget_of(resolved['learner'])} | "
-                    + ("<br>".join(tuned) if tuned else "not tuned on validation") + " |")
+                    + ("<br>".join(tuned).replace("|", "\\|")  # a regex's | in a cell
+                       if tuned else "not tuned on validation") + " |")
     if not rows:
         return []
     derived = (f" (`{preset}` runs the `{DERIVED[preset]}` presets on its own data, so their "

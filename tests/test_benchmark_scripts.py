@@ -185,6 +185,18 @@ def test_control_summary_says_when_proteus_does_not_beat_the_best_control():
     assert ("**text**: `proteus` with its units beats a frozen backbone: mean final accuracy "
             "+1.50") in text
 
+    # the upper bound, run on fewer seeds: judged on the seeds both ran (+1.25), not on means
+    # over different seeds (proteus's 91.50 over seeds 1-2 against 90.75: +0.75, no verdict)
+    assert "upper bound" not in text
+    store["vision"]["joint-lora"] = _runs(**{"1": {"final_accuracy": 0.9075}})
+    text = "\n".join(results.control_summary(store))
+    assert ("**vision** (seed 1): `proteus` beats joint-lora: mean final accuracy +1.25 points; "
+            "per seed +1.25") in text
+    store["vision"]["joint-lora"]["2"] = {"final_accuracy": 0.95}
+    text = "\n".join(results.control_summary(store))
+    assert "**vision** (seeds 1, 2): `proteus` does not beat joint-lora" in text
+    assert "**text** (seed" not in text
+
 
 def test_head_swap_cell_names_its_seeds_and_skips_learners_without_one_embedding():
     results = _load("results")
@@ -534,6 +546,12 @@ def test_budget_table_reads_the_tuning_records_and_flags_a_preset_that_ignores_i
     (tmp_path / "tuning/b.json").write_text(json.dumps(
         record("configs/offline/baselines/sd-lora-ca-text.yaml", "70")))
     (tmp_path / "tuning/rerank.json").write_text(json.dumps({"purpose": "no preset"}))
+    # a point naming a regex: its | must not split the table cell
+    regex = "['.*(query|value)']"
+    (tmp_path / "tuning/c.json").write_text(json.dumps({
+        "preset": "configs/offline/baselines/joint-lora-text.yaml", "seeds": [1993],
+        "val_fraction": 0.1, "chosen": {"learner.targets": regex},
+        "points": [{"point": {"learner.targets": regex}, "val_mean": 0.6}]}))
     rows = {line.split(" | ")[0].strip("| "): line
             for line in results.budget_table("text", docs=tmp_path) if line.startswith("| ")}
     assert "35 steps of batch 128 a task" in rows["inflora-ca"]
@@ -547,6 +565,8 @@ def test_budget_table_reads_the_tuning_records_and_flags_a_preset_that_ignores_i
     assert "(learner.steps_per_task=70)" in rows["sd-lora"]
     assert "not tuned on validation" in rows["o-lora"]
     assert "2 epochs of batch 32" in rows["l2p"]
+    assert "targets ['.*(query\\|value)']: 60.00 (chosen) — **the preset does not run" \
+        in rows["joint-lora"] and rows["joint-lora"].count(" | ") == 3
     assert not any(name in rows for name in results.ANALYTIC)
     # a derived preset runs its parent's files on other data: their records do not apply
     large = {line.split(" | ")[0].strip("| "): line
