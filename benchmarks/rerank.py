@@ -188,8 +188,9 @@ def render(report: dict) -> str:
              report.get("purpose", DEFAULT_PURPOSE) + " Written by `benchmarks/rerank.py` (its "
              "docstring has the rule) from the JSON of the same name. Final class-IL accuracy, "
              "percent, on the validation split the run held out and on the test split. *class "
-             "Gaussians*: beta = 0, the most likely class over every class. *retrieve then classify*: retrieve the task, then its "
-             "head's best class. *chosen*: the grid point with the best validation accuracy.", "",
+             "Gaussians*: beta = 0, the most likely class over every class. *retrieve then "
+             "classify*: retrieve the task, then its head's best class. *chosen*: the grid "
+             "point with the best validation accuracy.", "",
              "| run | class Gaussians (val / test) | retrieve then classify (val / test) | "
              "chosen point | chosen (val / test) |", "|---|---|---|---|---|"]
     for run, r in report["runs"].items():

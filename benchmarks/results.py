@@ -181,6 +181,16 @@ TUNING = {"vision": ["tuning/proteus-vision-reg-covar.json",
           "text": ["tuning/proteus-text-reg-covar.json"]}
 
 
+def points_text(record: dict) -> str:
+    """A ``benchmarks/tune.py`` record's points with their validation final accuracy (%), the
+    chosen one marked."""
+    return "; ".join(
+        (", ".join(f"{k.split('.')[-1]} {v}" for k, v in row["point"].items())
+         or "the preset's") + f": {100 * row['val_mean']:.2f}"
+        + (" (chosen)" if row["point"] == record["chosen"] else "")
+        for row in record["points"])
+
+
 def signature_tuning_sentence(tuning: dict[str, list[str]], docs: Path = ROOT / "docs") -> str:
     """What the validation split said about the signature settings, from the tuning records
     (``benchmarks/tune.py``); says so where a record is missing."""
@@ -192,11 +202,7 @@ def signature_tuning_sentence(tuning: dict[str, list[str]], docs: Path = ROOT / 
                 missing.append(f"{preset} ({record})")
                 continue
             result = json.loads(path.read_text())
-            points = "; ".join(
-                ", ".join(f"{k.split('.')[-1]} {v}" for k, v in row["point"].items())
-                + f": {100 * row['val_mean']:.2f}" + (" (chosen)" if row["point"] ==
-                                                      result["chosen"] else "")
-                for row in result["points"])
+            points = points_text(result)
             md = str(Path(record).with_suffix(".md"))
             seeds = ", ".join(map(str, result["seeds"]))
             parts.append(f"{preset} ([{md}]({md}), seed {seeds}, validation "
@@ -443,16 +449,17 @@ def budget_of(learner: dict) -> str:
     return f"{learner['epochs']} epochs of batch {learner['batch_size']}"
 
 
-def disagreements(point: dict[str, str], resolved: dict) -> list[str]:
-    """The keys of a tuned point whose value the resolved config does not hold."""
-    out = []
-    for key, text in point.items():
+def disagreement_text(record: dict, resolved: dict) -> str:
+    """Empty where the resolved config runs the point ``record`` chose; else the keys of that
+    point whose value it does not hold, flagged."""
+    off = []
+    for key, text in record["chosen"].items():
         node = resolved
         for part in key.split("."):
             node = node.get(part) if isinstance(node, dict) else None
         if node != yaml.safe_load(text):
-            out.append(f"{key}={text}")
-    return out
+            off.append(f"{key}={text}")
+    return f" — **the preset does not run the chosen point** ({', '.join(off)})" if off else ""
 
 
 def budget_table(preset: str, docs: Path = ROOT / "docs") -> list[str]:
@@ -469,25 +476,16 @@ def budget_table(preset: str, docs: Path = ROOT / "docs") -> list[str]:
         relative = str(path.relative_to(ROOT))
         tuned = []
         for md, record in records.get(relative, []):
-            points = "; ".join(
-                (", ".join(f"{k.split('.')[-1]} {v}" for k, v in row["point"].items())
-                 or "the preset's") + f": {100 * row['val_mean']:.2f}"
-                + (" (chosen)" if row["point"] == record["chosen"] else "")
-                for row in record["points"])
-            off = disagreements(record["chosen"], resolved)
-            tuned.append(f"[{Path(md).stem}]({md}) {points}"
-                         + (f" — **the preset does not run the chosen point** ({', '.join(off)})"
-                            if off else ""))
+            tuned.append(f"[{Path(md).stem}]({md}) {points_text(record)}"
+                         + disagreement_text(record, resolved))
         aligned = baseline_preset(f"{name}-ca", preset) if f"{name}-ca" in BASELINES else None
         if not tuned and aligned and not overrides:
             # the learner trains exactly as its classifier-aligned variant, which changes only
             # the head after training, so that variant's budget record holds for it too
             for _, record in records.get(str(aligned[0].relative_to(ROOT)), []):
-                off = disagreements(record["chosen"], resolved)
                 tuned.append(f"trains as `{name}-ca` (alignment changes only the head after "
                              "training): that row's records hold"
-                             + (f" — **the preset does not run the chosen point** "
-                                f"({', '.join(off)})" if off else ""))
+                             + disagreement_text(record, resolved))
         if overrides:  # a derived preset: the records of that file were tuned on its parent
             tuned = [f"as on `{DERIVED[preset]}`, not tuned on this preset's data"]
         rows.append(f"| {name} | `{relative}` | {budget_of(resolved['learner'])} | "
