@@ -434,7 +434,10 @@ def tuning_records(docs: Path = ROOT / "docs") -> dict[str, list[tuple[str, dict
     no preset and are skipped."""
     out: dict[str, list[tuple[str, dict]]] = {}
     for path in sorted((docs / "tuning").glob("*.json")):
-        record = json.loads(path.read_text())
+        try:
+            record = json.loads(path.read_text())
+        except json.JSONDecodeError as exc:
+            raise SystemExit(f"{path}: not a valid tuning record (JSON): {exc}") from None
         if "preset" not in record:
             continue
         out.setdefault(str(record["preset"]), []).append((f"tuning/{path.with_suffix('.md').name}",

@@ -574,3 +574,7 @@ def test_budget_table_reads_the_tuning_records_and_flags_a_preset_that_ignores_i
              if line.startswith("| ")}
     assert "not tuned on this preset's data" in large["inflora-ca"]
     assert "59.00" not in large["inflora-ca"]
+    # a broken record is named, not a bare JSON traceback
+    (tmp_path / "tuning/d.json").write_text("{broken")
+    with pytest.raises(SystemExit, match=r"d\.json: not a valid tuning record"):
+        results.budget_table("text", docs=tmp_path)
