@@ -39,6 +39,7 @@ sys.path.insert(0, str(ROOT / "src"))
 import yaml  # noqa: E402
 
 import proteus  # noqa: E402
+from proteus.config import config_fingerprint  # noqa: E402
 from proteus.metrics import mean_std  # noqa: E402
 from proteus.storage import write_json_atomic, write_text_atomic  # noqa: E402
 
@@ -171,6 +172,7 @@ def adopt(store: dict, preset: str, variant: str, run_dir: Path) -> str:
                for t in results["timing"])
     summary = summarise(results, wall)
     summary["adopted_from"] = str(run_dir)
+    summary["config_sha"] = config_fingerprint(results["config"])
     store.setdefault(preset, {}).setdefault(variant, {})[str(seed)] = summary
     return str(seed)
 
@@ -249,9 +251,46 @@ def fmt(key: str, stat: dict, spread: bool = True) -> str:
 
 def variant_stats(runs: dict) -> dict:
     """``mean_std`` of a variant's runs over its seeds (the per-task curve left out)."""
-    return mean_std([{k: v for k, v in runs[s].items() if k not in ("accuracy_seen",
-                                                                   "adopted_from")}
+    return mean_std([{k: v for k, v in runs[s].items() if k not in NOT_METRICS}
                      for s in sorted(runs)])
+
+
+# what a stored row holds beside its metrics
+NOT_METRICS = ("accuracy_seen", "adopted_from", "config_sha")
+
+
+def stale_rows(store: dict) -> tuple[list[str], int]:
+    """Stored rows whose recorded config is not the one :func:`run_config` gives now (their
+    preset changed since they ran), as "preset · variant · seeds" lines, and the number of rows
+    stored before configs were fingerprinted, which cannot be checked."""
+    stale, unchecked = [], 0
+    for preset, variants in store.items():
+        for variant, runs in variants.items():
+            seeds = []
+            for seed, row in runs.items():
+                if "config_sha" not in row:
+                    unchecked += 1
+                    continue
+                known = preset in PRESETS and (variant in VARIANTS or variant in BASELINES
+                                               or variant in BASELINE_VARIANTS)
+                config = run_config(preset, variant, int(seed), "runs/bench") if known else None
+                if config is None or config.fingerprint() != row["config_sha"]:
+                    seeds.append(seed)
+            if seeds:
+                stale.append(f"{preset} · {variant} · seeds {', '.join(sorted(seeds))}")
+    return stale, unchecked
+
+
+def stale_text(store: dict) -> list[str]:
+    stale, unchecked = stale_rows(store)
+    lines = []
+    if stale:
+        lines += ["**Rows measured at a config that is no longer their preset's** (the preset "
+                  "changed after they ran; rerun them):", "", *(f"- {s}" for s in stale), ""]
+    if unchecked:
+        lines += [f"{unchecked} stored rows predate config fingerprints (`config_sha`) and are "
+                  "not checked against their presets.", ""]
+    return lines
 
 
 def cell(key: str, stats: dict, n_seeds: int, spread: bool = True) -> str:
@@ -604,6 +643,7 @@ def render(store: dict, out_md: Path, head_swap: dict | None = None,
              "mean head fitted over all classes on the variant's final features "
              "(`benchmarks/head_swap.py`, [head_swap.md](head_swap.md)); they measure the "
              "features, not the learner's own head.", ""]
+    lines += stale_text(store)
     lines += control_summary(store)
     for preset, variants in store.items():
         lines += [f"## {preset}: `{PRESETS[preset].relative_to(ROOT)}`", "",
@@ -690,6 +730,7 @@ def main(argv: list[str] | None = None) -> int:
                 t0 = time.perf_counter()
                 results = proteus.run(config, console=console)
                 summary = summarise(results, time.perf_counter() - t0)
+                summary["config_sha"] = config_fingerprint(results["config"])
                 store.setdefault(preset, {}).setdefault(variant, {})[str(seed)] = summary
                 write_json_atomic(args.store, store)
                 render(store, args.out, load_json(args.head_swap), args.baselines_md)

@@ -527,6 +527,17 @@ def test_results_derived_preset_and_adopting_a_run_only_if_its_config_matches(tm
         results.adopt(store, "tiny", "ranpac", run_dir)
     assert list(store) == ["tiny-large"]
 
+    # the stored row remembers its config: fresh while the preset resolves to it, stale once
+    # the preset changes, and a row stored without a fingerprint is counted as unchecked
+    assert results.stale_rows(store) == ([], 0)
+    store["tiny-large"]["ranpac"]["1991"] = {k: v for k, v in row.items() if k != "config_sha"}
+    (tmp_path / "configs/offline/baselines/ranpac-tiny.yaml").write_text(yaml.safe_dump(
+        {"base": "../../../tiny.yaml", "learner": {"name": "ranpac", "proj_dim": 64}}))
+    assert results.stale_rows(store) == (["tiny-large · ranpac · seeds 1990"], 1)
+    text = "\n".join(results.stale_text(store))
+    assert "no longer their preset's" in text and "- tiny-large · ranpac · seeds 1990" in text
+    assert "1 stored rows predate" in text
+
 
 def test_budget_table_reads_the_tuning_records_and_flags_a_preset_that_ignores_its_choice(
         tmp_path):

@@ -10,7 +10,8 @@ import pytest
 import yaml
 
 from proteus.cli import main
-from proteus.config import ConfigError, RunConfig, apply_overrides, load_config, validate
+from proteus.config import (ConfigError, RunConfig, apply_overrides, config_fingerprint,
+                            load_config, validate)
 from proteus.data.readers import SyntheticOptions
 from proteus.data.scenario import ScenarioOptions
 from proteus.backbones.hf import TinyViTOptions
@@ -170,6 +171,19 @@ def test_resolved_config_validates_back_to_itself(tiny_config):
     resolved = validate(tiny_config).resolved()
     again = validate(yaml.safe_load(yaml.safe_dump(resolved))).resolved()
     assert again == resolved
+
+
+def test_fingerprint_ignores_where_a_run_went_and_nothing_it_measured(tiny_config, tmp_path):
+    """A run's stored fingerprint matches its preset's exactly when differs_from finds nothing."""
+    config = validate(tiny_config)
+    recorded = config.recorded()
+    moved = validate({**tiny_config, "name": "elsewhere", "progress": False,
+                      "output_dir": str(tmp_path / "other")})
+    assert moved.differs_from(recorded) == [] and moved.fingerprint() == config.fingerprint()
+    assert config_fingerprint(recorded) == config.fingerprint()
+    for change in (["seed=7"], ["learner.name=ranpac"], ["scenario.num_tasks=2"]):
+        other = validate(apply_overrides(tiny_config, change))
+        assert other.differs_from(recorded) and other.fingerprint() != config.fingerprint()
 
 
 def test_load_config_names_run_after_preset_and_applies_overrides(tiny_config, tmp_path):

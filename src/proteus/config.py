@@ -16,6 +16,7 @@ as ``learner.epoch`` fails at once, naming the key and the valid keys.
 from __future__ import annotations
 
 import copy
+import hashlib
 import json
 from pathlib import Path
 from typing import Any, Literal
@@ -86,11 +87,31 @@ class RunConfig(BaseModel):
         """The top-level keys where a finished run's recorded config (``results.json``'s
         ``config``) is not this one, ignoring where the run was written and whether it showed
         progress; empty when the run is this config's run."""
-        ignore = {"name", "output_dir", "progress"}
-        # through JSON, as the run wrote it (tuples become lists)
-        want = json.loads(json.dumps(self.resolved()))
-        keys = (want.keys() | recorded.keys()) - ignore
+        want = self.recorded()
+        keys = (want.keys() | recorded.keys()) - RUN_PLACE
         return sorted(k for k in keys if want.get(k) != recorded.get(k))
+
+    def recorded(self) -> dict[str, Any]:
+        """The resolved config as a run's ``results.json`` records it (through JSON: tuples
+        become lists)."""
+        return json.loads(json.dumps(self.resolved()))
+
+    def fingerprint(self) -> str:
+        """:func:`config_fingerprint` of this config: equal to a finished run's exactly when
+        :meth:`differs_from` finds nothing."""
+        return config_fingerprint(self.recorded())
+
+
+# where a run was written and whether it showed progress: not part of what a run measured
+RUN_PLACE = frozenset({"name", "output_dir", "progress"})
+
+
+def config_fingerprint(recorded: dict[str, Any]) -> str:
+    """A short hash of a run's recorded config, :data:`RUN_PLACE` aside, so that a stored
+    result can later be checked against the config its preset resolves to now."""
+    kept = {k: v for k, v in recorded.items() if k not in RUN_PLACE}
+    canonical = json.dumps(kept, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(canonical.encode()).hexdigest()[:16]
 
 
 def _split_component(raw: Any, where: str) -> tuple[str, dict[str, Any]]:
