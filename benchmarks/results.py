@@ -491,6 +491,18 @@ def budget_of(learner: dict) -> str:
     return f"{learner['epochs']} epochs of batch {learner['batch_size']}"
 
 
+def yaml_value(text: str):
+    """A ``--set`` value as the config reads it; YAML 1.1 leaves ``1e-6`` (no dot) a string,
+    which the config's float options accept, so it is read as the number here too."""
+    value = yaml.safe_load(text)
+    if isinstance(value, str):
+        try:
+            return float(value)
+        except ValueError:
+            pass
+    return value
+
+
 def disagreement_text(record: dict, resolved: dict) -> str:
     """Empty where the resolved config runs the point ``record`` chose; else the keys of that
     point whose value it does not hold, flagged."""
@@ -499,18 +511,34 @@ def disagreement_text(record: dict, resolved: dict) -> str:
         node = resolved
         for part in key.split("."):
             node = node.get(part) if isinstance(node, dict) else None
-        if node != yaml.safe_load(text):
+        if node != yaml_value(text):
             off.append(f"{key}={text}")
     return f" — **the preset does not run the chosen point** ({', '.join(off)})" if off else ""
 
 
+def unapplied_choices(preset: str, docs: Path = ROOT / "docs") -> list[str]:
+    """The validation records of ``preset``'s own file (the default ``proteus``) whose chosen
+    point the preset does not run, one line each, under a heading; empty when there are none."""
+    resolved = proteus.load_config(PRESETS[preset]).resolved()
+    relative = str(PRESETS[preset].relative_to(ROOT))
+    flagged = [f"- [{Path(md).stem}]({md}): {points_text(record)}"
+               + disagreement_text(record, resolved)
+               for md, record in tuning_records(docs).get(relative, [])
+               if disagreement_text(record, resolved)]
+    if not flagged:
+        return []
+    return [f"Validation records of `{relative}` whose chosen point the preset does not run "
+            "(its rows above are at the preset's own settings):", "", *flagged, ""]
+
+
 def budget_table(preset: str, docs: Path = ROOT / "docs") -> list[str]:
-    """Each gradient-trained baseline's budget on ``preset`` and what a validation split said
-    about it (the tuning records of its preset file); a preset that does not run the point its
-    record chose is named."""
+    """Each gradient-trained learner's budget on ``preset`` (``proteus``'s units, then every
+    baseline's) and what a validation split said about it (the tuning records of its preset
+    file); a preset that does not run the point its record chose is named."""
     records, rows = tuning_records(docs), []
-    for name in BASELINES:
-        found = None if name in ANALYTIC else baseline_preset(name, preset)
+    for name in ["proteus", *BASELINES]:
+        found = ((PRESETS[preset], []) if name == "proteus"
+                 else None if name in ANALYTIC else baseline_preset(name, preset))
         if found is None:
             continue
         path, overrides = found
@@ -668,6 +696,8 @@ def render(store: dict, out_md: Path, head_swap: dict | None = None,
         fig.savefig(plot, dpi=110)
         plt.close(fig)
         lines += ["", *sanity_check(variants)]
+        if preset in PRESETS:
+            lines += ["", *unapplied_choices(preset)]
         missing = [v for v in [*VARIANTS, *BASELINES] if v not in variants]
         unsupported = [v for v in missing if v in BASELINES and not baseline_preset(v, preset)]
         missing = [v for v in missing if v not in unsupported]

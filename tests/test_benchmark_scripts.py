@@ -544,19 +544,26 @@ def test_budget_table_reads_the_tuning_records_and_flags_a_preset_that_ignores_i
     results = _load("results")
     (tmp_path / "tuning").mkdir()
 
-    def record(preset, chosen):  # the chosen point has the higher validation accuracy
+    def record(preset, chosen, grid=("35", "70")):  # the chosen point has the higher accuracy
         return {"preset": preset, "seeds": [1993], "val_fraction": 0.1,
                 "chosen": {"learner.steps_per_task": chosen},
                 "points": [{"point": {"learner.steps_per_task": v},
-                            "val_mean": 0.59 if v == chosen else 0.57} for v in ("35", "70")]}
+                            "val_mean": 0.59 if v == chosen else 0.57} for v in grid]}
 
-    # inflora-ca's text preset runs 35 steps: a record that chose 35 agrees with it
+    # o-lora-ca's text preset runs 35 steps: a record that chose 35 agrees with it
     (tmp_path / "tuning/a.json").write_text(json.dumps(
-        record("configs/offline/baselines/inflora-ca-text.yaml", "35")))
-    # ... and one that chose 70 does not, which the table must say
+        record("configs/offline/baselines/o-lora-ca-text.yaml", "35")))
+    # ... and sd-lora-ca's runs 70: one that chose 140 does not, which the table must say
     (tmp_path / "tuning/b.json").write_text(json.dumps(
-        record("configs/offline/baselines/sd-lora-ca-text.yaml", "70")))
+        record("configs/offline/baselines/sd-lora-ca-text.yaml", "140", ("70", "140"))))
     (tmp_path / "tuning/rerank.json").write_text(json.dumps({"purpose": "no preset"}))
+    # PROTEUS's own preset (2 epochs of its units): a record that chose 4 epochs is flagged,
+    # in the budget table and under the preset's results
+    (tmp_path / "tuning/d.json").write_text(json.dumps({
+        "preset": "configs/offline/text-wordnet.yaml", "seeds": [1993], "val_fraction": 0.1,
+        "chosen": {"learner.epochs": "4"},
+        "points": [{"point": {}, "val_mean": 0.6}, {"point": {"learner.epochs": "4"},
+                                                      "val_mean": 0.61}]}))
     # a point naming a regex: its | must not split the table cell
     regex = "['.*(query|value)']"
     (tmp_path / "tuning/c.json").write_text(json.dumps({
@@ -565,20 +572,31 @@ def test_budget_table_reads_the_tuning_records_and_flags_a_preset_that_ignores_i
         "points": [{"point": {"learner.targets": regex}, "val_mean": 0.6}]}))
     rows = {line.split(" | ")[0].strip("| "): line
             for line in results.budget_table("text", docs=tmp_path) if line.startswith("| ")}
-    assert "35 steps of batch 128 a task" in rows["inflora-ca"]
-    assert "steps_per_task 35: 59.00 (chosen); steps_per_task 70: 57.00" in rows["inflora-ca"]
-    assert "does not run" not in rows["inflora-ca"]
-    assert ("the preset does not run the chosen point** (learner.steps_per_task=70)"
+    assert "35 steps of batch 128 a task" in rows["o-lora-ca"]
+    assert "steps_per_task 35: 59.00 (chosen); steps_per_task 70: 57.00" in rows["o-lora-ca"]
+    assert "does not run" not in rows["o-lora-ca"]
+    assert "70 steps of batch 128 a task" in rows["sd-lora-ca"]
+    assert ("the preset does not run the chosen point** (learner.steps_per_task=140)"
             in rows["sd-lora-ca"])
-    assert "not tuned on validation" in rows["o-lora-ca"]
+    assert "not tuned on validation" in rows["inflora-ca"]
     # the unaligned learners train as their -ca variants, whose records hold for them
-    assert "trains as `inflora-ca`" in rows["inflora"] and "does not run" not in rows["inflora"]
-    assert "(learner.steps_per_task=70)" in rows["sd-lora"]
-    assert "not tuned on validation" in rows["o-lora"]
-    assert "2 epochs of batch 32" in rows["l2p"]
+    assert "trains as `o-lora-ca`" in rows["o-lora"] and "does not run" not in rows["o-lora"]
+    assert "(learner.steps_per_task=140)" in rows["sd-lora"]
+    assert "not tuned on validation" in rows["inflora"]
+    assert "4 epochs of batch 32" in rows["l2p"]
     assert "targets ['.*(query\\|value)']: 60.00 (chosen) — **the preset does not run" \
         in rows["joint-lora"] and rows["joint-lora"].count(" | ") == 3
     assert not any(name in rows for name in results.ANALYTIC)
+    assert "`configs/offline/text-wordnet.yaml` | 2 epochs of batch" in rows["proteus"]
+    assert ("the preset's: 60.00; epochs 4: 61.00 (chosen) — **the preset does not run the "
+            "chosen point** (learner.epochs=4)") in rows["proteus"]
+    flags = results.unapplied_choices("text", docs=tmp_path)
+    assert len(flags) == 4 and flags[2].startswith("- [d](tuning/d.md)")
+    assert "(learner.epochs=4)" in flags[2]
+    assert results.unapplied_choices("vision", docs=tmp_path) == []
+    # a float written without a dot (YAML 1.1 reads 1e-6 as a string) is still the number
+    assert results.disagreement_text({"chosen": {"learner.signature.reg_covar": "1e-6"}},
+                                     {"learner": {"signature": {"reg_covar": 1e-6}}}) == ""
     # a derived preset runs its parent's files on other data: their records do not apply
     large = {line.split(" | ")[0].strip("| "): line
              for line in results.budget_table("text-large", docs=tmp_path)
