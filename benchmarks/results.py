@@ -563,8 +563,9 @@ def budget_table(preset: str, docs: Path = ROOT / "docs") -> list[str]:
                        if tuned else "not tuned on validation") + " |")
     if not rows:
         return []
-    derived = (f" (`{preset}` runs the `{DERIVED[preset]}` presets on its own data, so their "
-               "budgets in epochs cover more steps here)" if preset in DERIVED else "")
+    derived = (f" (a learner without a `{preset}` preset of its own runs its `{DERIVED[preset]}` "
+               "preset on this one's data, so a budget in epochs covers more steps here)"
+               if preset in DERIVED else "")
     return [f"Training budgets on `{preset}`{derived}, with the validation final accuracy (%) "
             "of each point a `benchmarks/tune.py` record tried:", "",
             "| learner | preset | budget | validation records |", "|---|---|---|---|",
