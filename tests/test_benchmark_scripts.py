@@ -601,8 +601,10 @@ def test_budget_table_reads_the_tuning_records_and_flags_a_preset_that_ignores_i
     large = {line.split(" | ")[0].strip("| "): line
              for line in results.budget_table("text-large", docs=tmp_path)
              if line.startswith("| ")}
-    assert "not tuned on this preset's data" in large["inflora-ca"]
-    assert "59.00" not in large["inflora-ca"]
+    # (o-lora-ca has no text-large preset of its own; l2p has, and is not the text row)
+    assert "l2p-text-large.yaml" in large["l2p"] and "as on `text`" not in large["l2p"]
+    assert "not tuned on this preset's data" in large["o-lora-ca"]
+    assert "59.00" not in large["o-lora-ca"]
     # a broken record is named, not a bare JSON traceback
     (tmp_path / "tuning/d.json").write_text("{broken")
     with pytest.raises(SystemExit, match=r"d\.json: not a valid tuning record"):
