@@ -60,6 +60,7 @@ from proteus.learners.base import argmax_within_task  # noqa: E402
 from proteus.learners.simplecil import cosine_scores  # noqa: E402
 from proteus.model import load_model  # noqa: E402
 from proteus.registry import ConfigError  # noqa: E402
+from proteus.config import config_fingerprint  # noqa: E402
 from proteus.storage import write_json_atomic, write_text_atomic  # noqa: E402
 
 LEARNERS = ["seq-lora", "o-lora", "inflora", "sd-lora", "joint-lora"]
@@ -77,14 +78,17 @@ def measure(path: Path, seed: int, console: Console) -> dict:
             run.learner.learn_task(task, run.ctx)
             console.print(f"{preset} · {learner} · seed {seed}: task {task.index + 1}/"
                           f"{len(run.scenario.tasks)}")
-    return swap_heads(run, seed)
+    return {**swap_heads(run, seed), "config_sha": config.fingerprint()}
 
 
 def measure_saved(run_dir: Path) -> dict:
     """The same measurement on a finished run (``benchmarks/results.py`` writes them under
     ``runs/bench/<preset>/``). Nothing is retrained."""
     run = load_saved(run_dir)
-    return swap_heads(run, run.config.seed)
+    # the run's config as results.py fingerprints its row, so a later rerun of the row at
+    # another config is not shown beside these features
+    recorded = json.loads((run_dir / "results.json").read_text())["config"]
+    return {**swap_heads(run, run.config.seed), "config_sha": config_fingerprint(recorded)}
 
 
 def load_saved(run_dir: Path):

@@ -635,9 +635,26 @@ def write_baseline_tables(store: dict, head_swap: dict, path: Path) -> None:
     write_text_atomic(path, head + "\n".join(baseline_tables(store, head_swap)) + tail)
 
 
+def current_head_swap(store: dict, head_swap: dict) -> dict:
+    """``head_swap`` without the seeds measured on another run than the stored row's: where
+    both carry a config fingerprint and the two differ (the row was rerun at a new config
+    after its features were head-swapped)."""
+    out: dict = {}
+    for preset, learners in head_swap.items():
+        for learner, seeds in learners.items():
+            rows = store.get(preset, {}).get(learner, {})
+            for seed, swapped in seeds.items():
+                row = rows.get(seed, {})
+                if ("config_sha" in swapped and "config_sha" in row
+                        and swapped["config_sha"] != row["config_sha"]):
+                    continue
+                out.setdefault(preset, {}).setdefault(learner, {})[seed] = swapped
+    return out
+
+
 def render(store: dict, out_md: Path, head_swap: dict | None = None,
            baselines_md: Path | None = None) -> None:
-    head_swap = head_swap or {}
+    head_swap = current_head_swap(store, head_swap or {})
     lines = ["# Results on the offline presets", "",
              "Targets (issue: PROTEUS): on the vision preset the default `proteus` should reach "
              "per-sample task retrieval >= 0.88 and final accuracy >= 0.87 (mean of 3 seeds) and "

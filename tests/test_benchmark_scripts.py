@@ -211,6 +211,22 @@ def test_head_swap_cell_names_its_seeds_and_skips_learners_without_one_embedding
     assert results.head_swap_cell(store, "text", "s-prompts", ["1993"]).startswith("n/a")
 
 
+def test_head_swap_of_an_earlier_run_is_not_shown_beside_a_rerun_row():
+    results = _load("results")
+    rows = {"text": {"l2p": {"1993": {"config_sha": "new"}, "1994": {"config_sha": "same"},
+                             "1995": {}}}}
+    swapped = {"text": {"l2p": {"1993": {"ridge": 0.6, "ncm": 0.5, "config_sha": "old"},
+                                "1994": {"ridge": 0.7, "ncm": 0.6, "config_sha": "same"},
+                                "1995": {"ridge": 0.8, "ncm": 0.7, "config_sha": "x"}},
+                        "dualprompt": {"1993": {"ridge": 0.5, "ncm": 0.4}}}}
+    current = results.current_head_swap(rows, swapped)
+    # 1993 was rerun at a new config; 1995's row predates fingerprints, so it cannot be judged
+    assert sorted(current["text"]["l2p"]) == ["1994", "1995"]
+    assert current["text"]["dualprompt"] == swapped["text"]["dualprompt"]
+    assert results.head_swap_cell(current, "text", "l2p", ["1993", "1994", "1995"]) == \
+        "75.00 / 65.00 (seeds 1994, 1995)"
+
+
 def _tiny_lora_preset(tmp_path, learner: str) -> Path:
     """A tiny preset file for ``learner`` (rank 2, one epoch), for the head-swap script."""
     raw = tiny_config_dict(tmp_path / "runs", learner={"name": learner, "rank": 2,
@@ -251,6 +267,8 @@ def test_head_swap_on_a_finished_run_equals_training_it_again(tmp_path, monkeypa
     saved = swap.measure_saved(tmp_path / "bench" / "o-lora-s1990")
     for key in ("own", "ncm", "ridge", "own_task_il"):
         assert saved[key] == pytest.approx(retrained[key], abs=1e-9), key
+    # both name the config they measured: the one results.py stores with the run's row
+    assert saved["config_sha"] == retrained["config_sha"] == config.fingerprint()
     # a run that reused a split manifest by a relative path is measured from anywhere: the
     # scenario comes from the run directory's own manifest
     (tmp_path / "split.json").write_text(
