@@ -13,6 +13,10 @@ A run already made elsewhere (say by benchmarks/adaptation_gap.py) joins the sto
 It is adopted only if its recorded config is the one this script would run for that preset,
 variant and seed (its name and output directory aside); its wall time is the run's own timing
 (training plus evaluation, model loading left out).
+
+Every stored row keeps a fingerprint of its run's config (``config_sha``). When a preset changes
+after its rows ran, docs/results.md lists those rows as stale until they are rerun; rows stored
+before fingerprints were kept are counted there as unchecked.
 """
 
 from __future__ import annotations
