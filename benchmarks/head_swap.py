@@ -53,6 +53,7 @@ sys.path.insert(0, str(ROOT / "src"))
 import proteus  # noqa: E402
 from proteus.assemble import assemble, make_context  # noqa: E402
 from proteus.backbones.base import autocast_context  # noqa: E402
+from proteus.config import config_fingerprint  # noqa: E402
 from proteus.data import DataError, stack  # noqa: E402
 from proteus.heads import RidgeHead  # noqa: E402
 from proteus.learners.align import ClassAligner  # noqa: E402
@@ -60,7 +61,6 @@ from proteus.learners.base import argmax_within_task  # noqa: E402
 from proteus.learners.simplecil import cosine_scores  # noqa: E402
 from proteus.model import load_model  # noqa: E402
 from proteus.registry import ConfigError  # noqa: E402
-from proteus.config import config_fingerprint  # noqa: E402
 from proteus.storage import write_json_atomic, write_text_atomic  # noqa: E402
 
 LEARNERS = ["seq-lora", "o-lora", "inflora", "sd-lora", "joint-lora"]

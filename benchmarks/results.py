@@ -270,13 +270,13 @@ def stale_rows(store: dict) -> tuple[list[str], int]:
     stale, unchecked = [], 0
     for preset, variants in store.items():
         for variant, runs in variants.items():
+            known = preset in PRESETS and (variant in VARIANTS or variant in BASELINES
+                                           or variant in BASELINE_VARIANTS)
             seeds = []
             for seed, row in runs.items():
                 if "config_sha" not in row:
                     unchecked += 1
                     continue
-                known = preset in PRESETS and (variant in VARIANTS or variant in BASELINES
-                                               or variant in BASELINE_VARIANTS)
                 config = run_config(preset, variant, int(seed), "runs/bench") if known else None
                 if config is None or config.fingerprint() != row["config_sha"]:
                     seeds.append(seed)
@@ -525,10 +525,9 @@ def unapplied_choices(preset: str, docs: Path = ROOT / "docs") -> list[str]:
     point the preset does not run, one line each, under a heading; empty when there are none."""
     resolved = proteus.load_config(PRESETS[preset]).resolved()
     relative = str(PRESETS[preset].relative_to(ROOT))
-    flagged = [f"- [{Path(md).stem}]({md}): {points_text(record)}"
-               + disagreement_text(record, resolved)
+    flagged = [f"- [{Path(md).stem}]({md}): {points_text(record)}{off}"
                for md, record in tuning_records(docs).get(relative, [])
-               if disagreement_text(record, resolved)]
+               if (off := disagreement_text(record, resolved))]
     if not flagged:
         return []
     return [f"Validation records of `{relative}` whose chosen point the preset does not run "
