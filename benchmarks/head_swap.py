@@ -87,7 +87,11 @@ def measure_saved(run_dir: Path) -> dict:
     run = load_saved(run_dir)
     # the run's config as results.py fingerprints its row, so a later rerun of the row at
     # another config is not shown beside these features
-    recorded = json.loads((run_dir / "results.json").read_text())["config"]
+    try:
+        recorded = json.loads((run_dir / "results.json").read_text())["config"]
+    except (OSError, ValueError, KeyError) as exc:
+        raise SystemExit(f"{run_dir}: no readable results.json with its config ({exc!r})"
+                         ) from None
     return {**swap_heads(run, run.config.seed), "config_sha": config_fingerprint(recorded)}
 
 

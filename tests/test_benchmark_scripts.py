@@ -285,6 +285,13 @@ def test_head_swap_on_a_finished_run_equals_training_it_again(tmp_path, monkeypa
     manifest.write_text(manifest.read_text().replace('"num_samples": ', '"num_samples": 1'))
     with pytest.raises(SystemExit, match="reuse-s1990: its scenario does not rebuild"):
         swap.measure_saved(tmp_path / "bench" / "reuse-s1990")
+    # a run whose results.json is gone is refused by name, not a bare traceback
+    results_json = tmp_path / "bench" / "o-lora-s1990" / "results.json"
+    kept = results_json.read_text()
+    results_json.unlink()
+    with pytest.raises(SystemExit, match="o-lora-s1990: no readable results.json"):
+        swap.measure_saved(tmp_path / "bench" / "o-lora-s1990")
+    results_json.write_text(kept)
     # a run whose model is missing is skipped by name, not measured
     assert swap.main(["--runs", str(tmp_path / "bench"), "--presets", "vision", "--learners",
                       "o-lora", "--seeds", "1990", "--store", str(tmp_path / "s.json"),
