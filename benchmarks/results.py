@@ -39,6 +39,7 @@ from rich.console import Console  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "src"))
+sys.path.insert(0, str(ROOT / "benchmarks"))
 
 import yaml  # noqa: E402
 
@@ -46,6 +47,7 @@ import proteus  # noqa: E402
 from proteus.config import config_fingerprint  # noqa: E402
 from proteus.metrics import mean_std  # noqa: E402
 from proteus.storage import write_json_atomic, write_text_atomic  # noqa: E402
+from tune import shown  # noqa: E402
 
 PRESETS = {
     "vision": ROOT / "configs/offline/vision-fmnist-mnist.yaml",
@@ -187,12 +189,23 @@ TUNING = {"vision": ["tuning/proteus-vision-reg-covar.json",
           "text": ["tuning/proteus-text-reg-covar.json"]}
 
 
+def point_label(row: dict) -> str:
+    """A tuning point as its overrides; a point that left everything to its preset as the
+    values the preset gave then (records that kept them), so the label stays true after the
+    preset takes another point."""
+    if row["point"]:
+        return ", ".join(f"{k.split('.')[-1]} {v}" for k, v in row["point"].items())
+    if row.get("resolved"):
+        return "the preset's then (" + ", ".join(f"{k.split('.')[-1]} {shown(v)}"
+                                                 for k, v in row["resolved"].items()) + ")"
+    return "the preset's"
+
+
 def points_text(record: dict) -> str:
     """A ``benchmarks/tune.py`` record's points with their validation final accuracy (%), the
     chosen one marked."""
     return "; ".join(
-        (", ".join(f"{k.split('.')[-1]} {v}" for k, v in row["point"].items())
-         or "the preset's") + f": {100 * row['val_mean']:.2f}"
+        point_label(row) + f": {100 * row['val_mean']:.2f}"
         + (" (chosen)" if row["point"] == record["chosen"] else "")
         for row in record["points"])
 
@@ -681,9 +694,11 @@ def render(store: dict, out_md: Path, head_swap: dict | None = None,
              "evidence issue's hard text preset: 2 tasks of 12 WordNet supersenses, 800 "
              "training glosses per class) PROTEUS's units follow joint-lora's recipe (every "
              "block's q, v, rank 8, scale 1.0, 4 epochs), chosen on a validation split against "
-             "the text preset's units and no units ([tuning/proteus-text-large-units.md]"
-             "(tuning/proteus-text-large-units.md)); its baselines run their text presets on "
-             "its data ([baselines.md](baselines.md)).", "",
+             "the text preset's units and no units "
+             "([tuning/proteus-text-large-units.md](tuning/proteus-text-large-units.md)); its "
+             "baselines run their text presets on its data, or a text-large preset of their "
+             "own that keeps a budget the text preset has since changed "
+             "([baselines.md](baselines.md)).", "",
              "Written by `benchmarks/results.py` from `docs/results.json`; rerun with the command "
              "at the end of each section. Mean ± std over the seeds listed (population std); "
              "accuracies in percent; wall time of the whole run on a 2-core CPU machine (the "

@@ -83,11 +83,25 @@ def finished_run(config) -> dict | None:
     return results
 
 
+def resolved_values(recorded: dict, keys: list[str]) -> dict:
+    """The values a resolved config (:meth:`RunConfig.recorded`) gives the dotted ``keys``, so
+    that a point that leaves a key to the preset still says what it ran after the preset
+    changes (None where the config has no such key)."""
+    out = {}
+    for key in keys:
+        node = recorded
+        for part in key.split("."):
+            node = node.get(part) if isinstance(node, dict) else None
+        out[key] = node
+    return out
+
+
 def tune(preset: Path, points: list[dict[str, str]], seeds: list[int], val_fraction: float,
          runs_dir: str, grid: dict[str, list[str]] | None = None, reuse: bool = False) -> dict:
     """Run every point (a dict of overrides) on validation; ``grid`` is only recorded. With
     ``reuse``, a point whose run directory already holds a finished run of the same config is
     read, not rerun."""
+    keys = list(dict.fromkeys(k for point in points for k in point))
     measured = []
     for number, point in enumerate(points):
         per_seed = {}
@@ -100,7 +114,8 @@ def tune(preset: Path, points: list[dict[str, str]], seeds: list[int], val_fract
             per_seed[str(seed)] = {
                 "val_final_accuracy": results["validation"]["metrics"]["final_accuracy"],
                 "test_final_accuracy": results["metrics"]["final_accuracy"]}
-        measured.append({"point": point, "seeds": per_seed,
+        measured.append({"point": point, "resolved": resolved_values(config.recorded(), keys),
+                         "seeds": per_seed,
                          "val_mean": statistics.mean(s["val_final_accuracy"]
                                                      for s in per_seed.values()),
                          "test_mean": statistics.mean(s["test_final_accuracy"]
@@ -111,10 +126,29 @@ def tune(preset: Path, points: list[dict[str, str]], seeds: list[int], val_fract
             "chosen_val": measured[best]["val_mean"], "chosen_test": measured[best]["test_mean"]}
 
 
+def shown(value) -> str:
+    """A resolved value as a point would spell it (a list in YAML flow, as typed)."""
+    if isinstance(value, list):
+        return "[" + ", ".join(f"'{v}'" if isinstance(v, str) else shown(v) for v in value) + "]"
+    return str(value)
+
+
+def cell(row: dict, key: str) -> str:
+    """A point's value for ``key``: its own, else the preset's when it ran (italics), else
+    blank (a record written before points kept their resolved values)."""
+    if key in row["point"]:
+        return row["point"][key]
+    if key in row.get("resolved", {}):
+        # HTML, not *...*: a regex's own "*" would end markdown's emphasis
+        return f"<i>{shown(row['resolved'][key])}</i>"
+    return ""
+
+
 def render(result: dict) -> str:
     keys = list(dict.fromkeys(k for row in result["points"] for k in row["point"]))
     over = (f"Grid over {', '.join(keys)}" if result["grid"] else
-            f"{len(result['points'])} points over {', '.join(keys)} (blank: the preset's value)")
+            f"{len(result['points'])} points over {', '.join(keys)} (in italics or blank: the "
+            "preset's value when the point ran)")
     lines = [f"# Tuning {result['preset']}", "",
              f"Written by `benchmarks/tune.py`. {over}; seeds "
              f"{', '.join(map(str, result['seeds']))}; validation: {result['val_fraction']} of "
@@ -124,8 +158,7 @@ def render(result: dict) -> str:
     for row in result["points"]:
         chosen = "yes" if row["point"] == result["chosen"] else ""
         # a regex alternative's "|" would end the cell
-        lines.append("| " + " | ".join(row["point"].get(k, "").replace("|", "\\|")
-                                       for k in keys)
+        lines.append("| " + " | ".join(cell(row, k).replace("|", "\\|") for k in keys)
                      + f" | {100 * row['val_mean']:.2f} | {100 * row['test_mean']:.2f} | "
                      f"{chosen} |")
     return "\n".join(lines) + "\n"

@@ -382,9 +382,18 @@ def test_tuning_explicit_points_keep_the_preset_where_they_are_silent(tmp_path, 
     runs = sorted((tmp_path / "runs").glob("point*-s1990/config.yaml"))
     dims = [yaml.safe_load(r.read_text())["learner"]["proj_dim"] for r in runs]
     assert dims == [64, 0]  # the empty point ran the preset as it is
+    # every point keeps the values it ran with, so a later change of the preset cannot make
+    # the record's "preset's point" mean another one
+    assert [p["resolved"]["learner.proj_dim"] for p in result["points"]] == [64, 0]
+    assert result["points"][1]["resolved"]["learner.lambdas"] == [1.0]
+    assert result["points"][0]["resolved"]["learner.lambdas"] is None  # ranpac's default
     table = out.with_suffix(".md").read_text()
     assert "2 points over learner.proj_dim, learner.lambdas" in table
-    assert "|  |  |" in table  # the preset's point: blank cells
+    assert "| <i>64</i> | <i>None</i> |" in table  # the preset's point: its values then, marked
+    results = _load("results")
+    assert (results.point_label(result["points"][0])
+            == "the preset's then (proj_dim 64, lambdas None)")
+    assert results.point_label({"point": {}}) == "the preset's"  # an older record
     with pytest.raises(SystemExit):
         tune.parse_point("learner.proj_dim")
 
@@ -582,12 +591,12 @@ def test_budget_table_reads_the_tuning_records_and_flags_a_preset_that_ignores_i
     (tmp_path / "tuning/b.json").write_text(json.dumps(
         record("configs/offline/baselines/sd-lora-ca-text.yaml", "140", ("70", "140"))))
     (tmp_path / "tuning/rerank.json").write_text(json.dumps({"purpose": "no preset"}))
-    # PROTEUS's own preset (2 epochs of its units): a record that chose 4 epochs is flagged,
+    # PROTEUS's own preset (4 epochs of its units): a record that chose 2 epochs is flagged,
     # in the budget table and under the preset's results
     (tmp_path / "tuning/d.json").write_text(json.dumps({
         "preset": "configs/offline/text-wordnet.yaml", "seeds": [1993], "val_fraction": 0.1,
-        "chosen": {"learner.epochs": "4"},
-        "points": [{"point": {}, "val_mean": 0.6}, {"point": {"learner.epochs": "4"},
+        "chosen": {"learner.epochs": "2"},
+        "points": [{"point": {}, "val_mean": 0.6}, {"point": {"learner.epochs": "2"},
                                                       "val_mean": 0.61}]}))
     # a point naming a regex: its | must not split the table cell
     regex = "['.*(query|value)']"
@@ -612,12 +621,12 @@ def test_budget_table_reads_the_tuning_records_and_flags_a_preset_that_ignores_i
     assert "targets ['.*(query\\|value)']: 60.00 (chosen) — **the preset does not run" \
         in rows["joint-lora"] and rows["joint-lora"].count(" | ") == 3
     assert not any(name in rows for name in results.ANALYTIC)
-    assert "`configs/offline/text-wordnet.yaml` | 2 epochs of batch" in rows["proteus"]
-    assert ("the preset's: 60.00; epochs 4: 61.00 (chosen) — **the preset does not run the "
-            "chosen point** (learner.epochs=4)") in rows["proteus"]
+    assert "`configs/offline/text-wordnet.yaml` | 4 epochs of batch" in rows["proteus"]
+    assert ("the preset's: 60.00; epochs 2: 61.00 (chosen) — **the preset does not run the "
+            "chosen point** (learner.epochs=2)") in rows["proteus"]
     flags = results.unapplied_choices("text", docs=tmp_path)
     assert len(flags) == 4 and flags[2].startswith("- [d](tuning/d.md)")
-    assert "(learner.epochs=4)" in flags[2]
+    assert "(learner.epochs=2)" in flags[2]
     assert results.unapplied_choices("vision", docs=tmp_path) == []
     # a float written without a dot (YAML 1.1 reads 1e-6 as a string) is still the number
     assert results.disagreement_text({"chosen": {"learner.signature.reg_covar": "1e-6"}},
