@@ -92,7 +92,6 @@ CONTROLS = ["lda", "lda, embedding only", "fecam", "aper", "ranpac", "simplecil"
 # diagnostic variants of a baseline: (baseline, overrides on top of its preset)
 BASELINE_VARIANTS = {
     "o-lora, CE over every seen class": ("o-lora", ["learner.head_loss=seen"]),
-    "joint-lora, 10 epochs": ("joint-lora", ["learner.epochs=10"]),
     "lda, embedding only": ("lda", ["learner.signature_stages=[]"]),
     # SD-LoRA's magnitudes carried over per layer instead of restarting at 0.8 (the control
     # for benchmarks/diagnose_sd_lora.py)
