@@ -549,6 +549,15 @@ def unapplied_choices(preset: str, docs: Path = ROOT / "docs") -> list[str]:
             "(its rows above are at the preset's own settings):", "", *flagged, ""]
 
 
+UNIT_KEYS = ("targets", "rank", "scale", "lr", "epochs", "batch_size", "steps_per_task")
+
+
+def same_units(resolved: dict, preset: str) -> bool:
+    """Whether a resolved config trains the units exactly as ``preset``'s ``proteus`` does."""
+    own = proteus.load_config(PRESETS[preset]).resolved()["learner"]
+    return all(resolved["learner"].get(k) == own.get(k) for k in UNIT_KEYS)
+
+
 def budget_table(preset: str, docs: Path = ROOT / "docs") -> list[str]:
     """Each gradient-trained learner's budget on ``preset`` (``proteus``'s units, then every
     baseline's) and what a validation split said about it (the tuning records of its preset
@@ -574,6 +583,10 @@ def budget_table(preset: str, docs: Path = ROOT / "docs") -> list[str]:
                 tuned.append(f"trains as `{name}-ca` (alignment changes only the head after "
                              "training): that row's records hold"
                              + disagreement_text(record, resolved))
+        if name == "aper" and not tuned and not overrides and same_units(resolved, preset):
+            # the adaptive control adapts PROTEUS's own units, so their records are its records
+            tuned.append("adapts `proteus`'s units (targets, rank, scale, budget) on its first "
+                         "task: that row's records hold")
         if overrides:  # a derived preset: the records of that file were tuned on its parent
             tuned = [f"as on `{DERIVED[preset]}`, not tuned on this preset's data"]
         rows.append(f"| {name} | `{relative}` | {budget_of(resolved['learner'])} | "

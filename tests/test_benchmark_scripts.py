@@ -618,6 +618,8 @@ def test_budget_table_reads_the_tuning_records_and_flags_a_preset_that_ignores_i
     assert "(learner.steps_per_task=140)" in rows["sd-lora"]
     assert "not tuned on validation" in rows["inflora"]
     assert "4 epochs of batch 32" in rows["l2p"]
+    # the adaptive control adapts PROTEUS's own units: their records are its records
+    assert "adapts `proteus`'s units" in rows["aper"]
     assert "targets ['.*(query\\|value)']: 60.00 (chosen) — **the preset does not run" \
         in rows["joint-lora"] and rows["joint-lora"].count(" | ") == 3
     assert not any(name in rows for name in results.ANALYTIC)
