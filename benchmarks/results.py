@@ -47,7 +47,7 @@ import proteus  # noqa: E402
 from proteus.config import config_fingerprint  # noqa: E402
 from proteus.metrics import mean_std  # noqa: E402
 from proteus.storage import write_json_atomic, write_text_atomic  # noqa: E402
-from tune import shown  # noqa: E402
+from tune import resolved_values, shown  # noqa: E402
 
 PRESETS = {
     "vision": ROOT / "configs/offline/vision-fmnist-mnist.yaml",
@@ -195,11 +195,12 @@ def point_label(row: dict) -> str:
     """A tuning point as its overrides; a point that left everything to its preset as the
     values the preset gave then (records that kept them), so the label stays true after the
     preset takes another point."""
+    def named(pairs) -> str:
+        return ", ".join(f"{k.split('.')[-1]} {v}" for k, v in pairs)
     if row["point"]:
-        return ", ".join(f"{k.split('.')[-1]} {v}" for k, v in row["point"].items())
+        return named(row["point"].items())
     if row.get("resolved"):
-        return "the preset's then (" + ", ".join(f"{k.split('.')[-1]} {shown(v)}"
-                                                 for k, v in row["resolved"].items()) + ")"
+        return f"the preset's then ({named((k, shown(v)) for k, v in row['resolved'].items())})"
     return "the preset's"
 
 
@@ -525,13 +526,9 @@ def yaml_value(text: str):
 def disagreement_text(record: dict, resolved: dict) -> str:
     """Empty where the resolved config runs the point ``record`` chose; else the keys of that
     point whose value it does not hold, flagged."""
-    off = []
-    for key, text in record["chosen"].items():
-        node = resolved
-        for part in key.split("."):
-            node = node.get(part) if isinstance(node, dict) else None
-        if node != yaml_value(text):
-            off.append(f"{key}={text}")
+    held = resolved_values(resolved, list(record["chosen"]))
+    off = [f"{key}={text}" for key, text in record["chosen"].items()
+           if held[key] != yaml_value(text)]
     return f" — **the preset does not run the chosen point** ({', '.join(off)})" if off else ""
 
 
