@@ -664,17 +664,17 @@ def write_baseline_tables(store: dict, head_swap: dict, path: Path) -> None:
 
 
 def current_head_swap(store: dict, head_swap: dict) -> dict:
-    """``head_swap`` without the seeds measured on another run than the stored row's: where
-    both carry a config fingerprint and the two differ (the row was rerun at a new config
-    after its features were head-swapped)."""
+    """``head_swap`` without the seeds that cannot be tied to the stored row's run: where both
+    carry a config fingerprint and the two differ (the row was rerun at a new config after its
+    features were head-swapped), or where the row has one and the head-swap, measured before
+    fingerprints, has none. A row without a fingerprint predates them; its head-swap stays."""
     out: dict = {}
     for preset, learners in head_swap.items():
         for learner, seeds in learners.items():
             rows = store.get(preset, {}).get(learner, {})
             for seed, swapped in seeds.items():
                 row = rows.get(seed, {})
-                if ("config_sha" in swapped and "config_sha" in row
-                        and swapped["config_sha"] != row["config_sha"]):
+                if "config_sha" in row and swapped.get("config_sha") != row["config_sha"]:
                     continue
                 out.setdefault(preset, {}).setdefault(learner, {})[seed] = swapped
     return out

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import yaml
 
+import proteus
 from conftest import tiny_config_dict
 
 BENCH = Path(__file__).resolve().parent.parent / "benchmarks"
@@ -214,15 +215,19 @@ def test_head_swap_cell_names_its_seeds_and_skips_learners_without_one_embedding
 def test_head_swap_of_an_earlier_run_is_not_shown_beside_a_rerun_row():
     results = _load("results")
     rows = {"text": {"l2p": {"1993": {"config_sha": "new"}, "1994": {"config_sha": "same"},
-                             "1995": {}}}}
+                             "1995": {}},
+                     "o-lora": {"1993": {"config_sha": "readopted"}}}}
     swapped = {"text": {"l2p": {"1993": {"ridge": 0.6, "ncm": 0.5, "config_sha": "old"},
                                 "1994": {"ridge": 0.7, "ncm": 0.6, "config_sha": "same"},
                                 "1995": {"ridge": 0.8, "ncm": 0.7, "config_sha": "x"}},
-                        "dualprompt": {"1993": {"ridge": 0.5, "ncm": 0.4}}}}
+                        "dualprompt": {"1993": {"ridge": 0.5, "ncm": 0.4}},
+                        "o-lora": {"1993": {"ridge": 0.5, "ncm": 0.4}}}}
     current = results.current_head_swap(rows, swapped)
-    # 1993 was rerun at a new config; 1995's row predates fingerprints, so it cannot be judged
+    # 1993 was rerun at a new config; 1995's row predates fingerprints, so it cannot be judged;
+    # o-lora's row has a fingerprint that its head-swap, measured before them, cannot match
     assert sorted(current["text"]["l2p"]) == ["1994", "1995"]
     assert current["text"]["dualprompt"] == swapped["text"]["dualprompt"]
+    assert "o-lora" not in current["text"]
     assert results.head_swap_cell(current, "text", "l2p", ["1993", "1994", "1995"]) == \
         "75.00 / 65.00 (seeds 1994, 1995)"
 
@@ -591,7 +596,7 @@ def test_budget_table_reads_the_tuning_records_and_flags_a_preset_that_ignores_i
     (tmp_path / "tuning/b.json").write_text(json.dumps(
         record("configs/offline/baselines/sd-lora-ca-text.yaml", "140", ("70", "140"))))
     (tmp_path / "tuning/rerank.json").write_text(json.dumps({"purpose": "no preset"}))
-    # PROTEUS's own preset (4 epochs of its units): a record that chose 2 epochs is flagged,
+    # PROTEUS's own preset (not 2 epochs of its units): a record that chose 2 is flagged,
     # in the budget table and under the preset's results
     (tmp_path / "tuning/d.json").write_text(json.dumps({
         "preset": "configs/offline/text-wordnet.yaml", "seeds": [1993], "val_fraction": 0.1,
@@ -623,7 +628,9 @@ def test_budget_table_reads_the_tuning_records_and_flags_a_preset_that_ignores_i
     assert "targets ['.*(query\\|value)']: 60.00 (chosen) — **the preset does not run" \
         in rows["joint-lora"] and rows["joint-lora"].count(" | ") == 3
     assert not any(name in rows for name in results.ANALYTIC)
-    assert "`configs/offline/text-wordnet.yaml` | 4 epochs of batch" in rows["proteus"]
+    epochs = proteus.load_config(results.PRESETS["text"]).resolved()["learner"]["epochs"]
+    assert epochs != 2
+    assert f"`configs/offline/text-wordnet.yaml` | {epochs} epochs of batch" in rows["proteus"]
     assert ("the preset's: 60.00; epochs 2: 61.00 (chosen) — **the preset does not run the "
             "chosen point** (learner.epochs=2)") in rows["proteus"]
     flags = results.unapplied_choices("text", docs=tmp_path)
