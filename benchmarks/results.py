@@ -188,7 +188,8 @@ def adopt(store: dict, preset: str, variant: str, run_dir: Path) -> str:
 TUNING = {"vision": ["tuning/proteus-vision-reg-covar.json",
                      "tuning/proteus-vision-signature-stages.json",
                      "tuning/proteus-vision-units.json"],
-          "text": ["tuning/proteus-text-reg-covar.json", "tuning/proteus-text-units.json"]}
+          "text": ["tuning/proteus-text-reg-covar.json", "tuning/proteus-text-units.json",
+                   "tuning/proteus-text-epochs.json"]}
 
 
 def point_label(row: dict) -> str:
@@ -705,8 +706,8 @@ def render(store: dict, out_md: Path, head_swap: dict | None = None,
              "settings were first picked on the test sets. " + signature_tuning_sentence(TUNING)
              + " On text-large (the "
              "evidence issue's hard text preset: 2 tasks of 12 WordNet supersenses, 800 "
-             "training glosses per class) PROTEUS's units are the text preset's (every block's "
-             "q, v, rank 8, scale 1.0, 4 epochs: joint-lora's recipe there), chosen on its own "
+             "training glosses per class) PROTEUS's units are joint-lora's recipe there (every "
+             "block's q, v, rank 8, scale 1.0, 4 epochs), chosen on its own "
              "validation split against the text preset's former units and no units "
              "([tuning/proteus-text-large-units.md](tuning/proteus-text-large-units.md)); its "
              "baselines run their text presets on its data, or a text-large preset of their "
