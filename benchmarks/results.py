@@ -524,13 +524,40 @@ def yaml_value(text: str):
     return value
 
 
-def disagreement_text(record: dict, resolved: dict) -> str:
+def tried_values(record: dict, key: str) -> list:
+    """The values a tuning record ran ``key`` at, over its points (where a point left the key
+    to the preset, the value its resolved config held)."""
+    out = []
+    for point in record.get("points", []):
+        if key in point.get("point", {}):
+            out.append(yaml_value(point["point"][key]))
+        elif key in point.get("resolved", {}):
+            out.append(point["resolved"][key])
+    return out
+
+
+def disagreement_text(record: dict, resolved: dict, others: list[tuple[str, dict]] = ()) -> str:
     """Empty where the resolved config runs the point ``record`` chose; else the keys of that
-    point whose value it does not hold, flagged."""
+    point whose value it does not hold, flagged. A key is not flagged where a later choice
+    explains it: another record of ``others`` tried this record's value against the one the
+    preset holds, and chose the preset's (``proteus-text-epochs`` chose 6 epochs over the 4
+    that ``proteus-text-units`` had chosen)."""
     held = resolved_values(resolved, list(record["chosen"]))
-    off = [f"{key}={text}" for key, text in record["chosen"].items()
-           if held[key] != yaml_value(text)]
-    return f" — **the preset does not run the chosen point** ({', '.join(off)})" if off else ""
+    off = [key for key, text in record["chosen"].items() if held[key] != yaml_value(text)]
+    if not off:
+        return ""
+    later = []
+    for key in off:
+        mine = yaml_value(record["chosen"][key])
+        by = [md for md, other in others if other is not record
+              and key in other["chosen"] and yaml_value(other["chosen"][key]) == held[key]
+              and mine in tried_values(other, key)]
+        if not by:
+            flagged = ", ".join(f"{k}={record['chosen'][k]}" for k in off)
+            return f" — **the preset does not run the chosen point** ({flagged})"
+        later.append(f"{key}={shown(held[key])} chosen over {shown(mine)} in "
+                     f"[{Path(by[0]).stem}]({by[0]})")
+    return f" — since superseded: {'; '.join(later)}"
 
 
 def unapplied_choices(preset: str, docs: Path = ROOT / "docs") -> list[str]:
@@ -538,9 +565,10 @@ def unapplied_choices(preset: str, docs: Path = ROOT / "docs") -> list[str]:
     point the preset does not run, one line each, under a heading; empty when there are none."""
     resolved = proteus.load_config(PRESETS[preset]).resolved()
     relative = str(PRESETS[preset].relative_to(ROOT))
+    records = tuning_records(docs).get(relative, [])
     flagged = [f"- [{Path(md).stem}]({md}): {points_text(record)}{off}"
-               for md, record in tuning_records(docs).get(relative, [])
-               if (off := disagreement_text(record, resolved))]
+               for md, record in records
+               if (off := disagreement_text(record, resolved, records)) and "**" in off]
     if not flagged:
         return []
     return [f"Validation records of `{relative}` whose chosen point the preset does not run "
@@ -572,7 +600,7 @@ def budget_table(preset: str, docs: Path = ROOT / "docs") -> list[str]:
         tuned = []
         for md, record in records.get(relative, []):
             tuned.append(f"[{Path(md).stem}]({md}) {points_text(record)}"
-                         + disagreement_text(record, resolved))
+                         + disagreement_text(record, resolved, records.get(relative, [])))
         aligned = baseline_preset(f"{name}-ca", preset) if f"{name}-ca" in BASELINES else None
         if not tuned and aligned and not overrides:
             # the learner trains exactly as its classifier-aligned variant, which changes only

@@ -637,6 +637,25 @@ def test_budget_table_reads_the_tuning_records_and_flags_a_preset_that_ignores_i
     assert len(flags) == 4 and flags[2].startswith("- [d](tuning/d.md)")
     assert "(learner.epochs=2)" in flags[2]
     assert results.unapplied_choices("vision", docs=tmp_path) == []
+    # a later record that tried 2 epochs against the preset's and chose the preset's explains
+    # the first: no longer flagged, and the line says which record superseded it
+    (tmp_path / "tuning/e.json").write_text(json.dumps({
+        "preset": "configs/offline/text-wordnet.yaml", "seeds": [1993], "val_fraction": 0.1,
+        "chosen": {"learner.epochs": str(epochs)},
+        "points": [{"point": {"learner.epochs": "2"}, "val_mean": 0.6},
+                   {"point": {"learner.epochs": str(epochs)}, "val_mean": 0.62}]}))
+    assert results.unapplied_choices("text", docs=tmp_path) == []
+    line = next(line for line in results.budget_table("text", docs=tmp_path)
+                if line.startswith("| proteus |"))
+    assert "does not run" not in line
+    assert f"since superseded: learner.epochs={epochs} chosen over 2 in [e](tuning/e.md)" in line
+    # ... but not one that never tried the first record's value
+    (tmp_path / "tuning/e.json").write_text(json.dumps({
+        "preset": "configs/offline/text-wordnet.yaml", "seeds": [1993], "val_fraction": 0.1,
+        "chosen": {"learner.epochs": str(epochs)},
+        "points": [{"point": {"learner.epochs": str(epochs + 2)}, "val_mean": 0.6},
+                   {"point": {"learner.epochs": str(epochs)}, "val_mean": 0.62}]}))
+    assert "(learner.epochs=2)" in results.unapplied_choices("text", docs=tmp_path)[2]
     # a float written without a dot (YAML 1.1 reads 1e-6 as a string) is still the number
     assert results.disagreement_text({"chosen": {"learner.signature.reg_covar": "1e-6"}},
                                      {"learner": {"signature": {"reg_covar": 1e-6}}}) == ""
