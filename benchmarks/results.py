@@ -536,28 +536,41 @@ def tried_values(record: dict, key: str) -> list:
     return out
 
 
-def disagreement_text(record: dict, resolved: dict, others: list[tuple[str, dict]] = ()) -> str:
-    """Empty where the resolved config runs the point ``record`` chose; else the keys of that
-    point whose value it does not hold, flagged. A key is not flagged where another choice
-    explains it: another record of ``others`` tried this record's value against the one the
-    preset holds, and chose the preset's (``proteus-text-epochs`` chose 6 epochs over the 4
-    that ``proteus-text-units`` had chosen)."""
+def disagreement(record: dict, resolved: dict, others: list[tuple[str, dict]] = ()
+                 ) -> tuple[list[str], list[str]]:
+    """The keys of the point ``record`` chose whose value the resolved config does not hold,
+    split into those no other record explains and, for the rest, how another record of
+    ``others`` explains them: it tried this record's value against the one the preset holds,
+    and chose the preset's (``proteus-text-epochs`` chose 6 epochs over the 4 that
+    ``proteus-text-units`` had chosen)."""
     held = resolved_values(resolved, list(record["chosen"]))
-    off = [key for key, text in record["chosen"].items() if held[key] != yaml_value(text)]
-    if not off:
-        return ""
-    later = []
-    for key in off:
-        mine = yaml_value(record["chosen"][key])
+    unexplained, superseded = [], []
+    for key, text in record["chosen"].items():
+        mine = yaml_value(text)
+        if held[key] == mine:
+            continue
         by = [md for md, other in others if other is not record
               and key in other["chosen"] and yaml_value(other["chosen"][key]) == held[key]
               and mine in tried_values(other, key)]
-        if not by:
-            flagged = ", ".join(f"{k}={record['chosen'][k]}" for k in off)
-            return f" — **the preset does not run the chosen point** ({flagged})"
-        later.append(f"{key}={shown(held[key])} chosen over {shown(mine)} in "
-                     f"[{Path(by[0]).stem}]({by[0]})")
-    return f" — since superseded: {'; '.join(later)}"
+        if by:
+            superseded.append(f"{key}={shown(held[key])} chosen over {shown(mine)} in "
+                              f"[{Path(by[0]).stem}]({by[0]})")
+        else:
+            unexplained.append(key)
+    return unexplained, superseded
+
+
+def disagreement_text(record: dict, resolved: dict, others: list[tuple[str, dict]] = ()) -> str:
+    """Empty where the resolved config runs the point ``record`` chose; else the keys of that
+    point whose value it does not hold, flagged, or where other records explain every one of
+    them (:func:`disagreement`), how."""
+    unexplained, superseded = disagreement(record, resolved, others)
+    if unexplained:
+        held = resolved_values(resolved, list(record["chosen"]))
+        off = [key for key, text in record["chosen"].items() if held[key] != yaml_value(text)]
+        flagged = ", ".join(f"{k}={record['chosen'][k]}" for k in off)
+        return f" — **the preset does not run the chosen point** ({flagged})"
+    return f" — since superseded: {'; '.join(superseded)}" if superseded else ""
 
 
 def unapplied_choices(preset: str, docs: Path = ROOT / "docs") -> list[str]:
@@ -568,7 +581,8 @@ def unapplied_choices(preset: str, docs: Path = ROOT / "docs") -> list[str]:
     records = tuning_records(docs).get(relative, [])
     flagged = [f"- [{Path(md).stem}]({md}): {points_text(record)}{off}"
                for md, record in records
-               if "does not run" in (off := disagreement_text(record, resolved, records))]
+               if disagreement(record, resolved, records)[0]
+               for off in [disagreement_text(record, resolved, records)]]
     if not flagged:
         return []
     return [f"Validation records of `{relative}` whose chosen point the preset does not run "
