@@ -33,6 +33,7 @@ from proteus.data.readers import (
     read_synthetic,
     read_text_table,
     read_wordnet,
+    read_wordnet_examples,
 )
 from proteus.registry import ConfigError
 
@@ -118,7 +119,7 @@ def make_png(path: Path, value: int) -> None:
 
 def test_all_readers_registered_with_summaries():
     assert set(DATASETS.names()) >= {
-        "fashion-mnist", "mnist-5k", "wordnet", "image-folder", "text-table", "synthetic"}
+        "fashion-mnist", "mnist-5k", "wordnet", "wordnet-examples", "image-folder", "text-table", "synthetic"}
     assert all(e.summary for e in DATASETS.entries())
 
 
@@ -337,6 +338,8 @@ def test_wordnet_nothing_survives_min_count(tmp_path):
     ("00000010 05 n 01 horse 0 000 a horse without a bar\n", "no ' | '"),
     ("00000010 xx n 01 horse 0 000 | gloss\n", "'xx'"),
     ("00000010 45 n 01 horse 0 000 | gloss\n", "'45'"),
+    ("00000010 05 n 02 horse 0 000 | gloss\n", "field 4"),  # 2 words announced, 1 given
+    ("00000010 05 n zz horse 0 000 | gloss\n", "field 4"),
 ])
 def test_wordnet_malformed_line_names_file_and_line(tmp_path, bad, why):
     make_wordnet(tmp_path)
@@ -349,6 +352,31 @@ def test_wordnet_malformed_line_names_file_and_line(tmp_path, bad, why):
         read_wordnet(WordNetOptions(root=str(tmp_path)))
     msg = str(err.value)
     assert f"{path}: line 8" in msg and why in msg
+
+
+def test_wordnet_usage_examples_read_as_word_in_context(tmp_path):
+    """wordnet-examples makes one item per quoted example, led by the synset word it uses."""
+    make_wordnet(tmp_path)
+    path = tmp_path / "data.verb"
+    path.write_text(path.read_text() + "".join([
+        # two words; the example uses the second, with other case and a space for "_"
+        "00000011 38 v 02 dash 0 Run_Off 0 000 | leave quickly; "
+        '"they run off at dawn"; "" ; "the dog ran"\n',
+        "00000012 43 v 01 drizzle(a) 0 000 | rain lightly; \"it drizzled\"\n",
+    ]))
+    d = read_wordnet_examples(WordNetOptions(root=str(tmp_path), min_count=0))
+    by_item = {item: d.class_names[label] for item, label in zip(d.items, d.labels)}
+    assert by_item == {
+        "cow: the cow said moo": "noun.animal",
+        "Run Off: they run off at dawn": "verb.motion",
+        "dash: the dog ran": "verb.motion",  # no word of the synset in it: its first word
+        "drizzle: it drizzled": "verb.weather",  # the adjective marker "(a)" cut
+    }
+    # a gloss without an example gives no item; classes are counted in examples
+    d = read_wordnet_examples(WordNetOptions(root=str(tmp_path), min_count=2))
+    assert d.class_names == ["verb.motion"] and d.source == "wordnet-examples"
+    with pytest.raises(DataError, match="at least 3 usage examples"):
+        read_wordnet_examples(WordNetOptions(root=str(tmp_path), min_count=3))
 
 
 def test_wordnet_missing_file(tmp_path):

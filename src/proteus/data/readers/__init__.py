@@ -31,7 +31,8 @@ from proteus.data.readers.tabular import (
 )
 from proteus.data.readers.text_table import TextTableOptions, read_text_table
 from proteus.data.readers.vtab import VTABOptions, read_vtab
-from proteus.data.readers.wordnet import LEXNAMES, WordNetOptions, read_wordnet
+from proteus.data.readers.wordnet import (LEXNAMES, WordNetOptions, read_wordnet,
+                                          read_wordnet_examples)
 
 __all__ = [
     "CIFAR100Options", "CUB200Options", "DATASETS", "DEFAULT_IMAGE_EXTENSIONS", "FASHION_CLASSES",
@@ -39,5 +40,5 @@ __all__ = [
     "MNIST5kOptions", "ParquetOptions", "SyntheticOptions", "TextTableOptions", "VTABOptions",
     "WordNetOptions", "read_cifar100", "read_cub200", "read_fashion_mnist", "read_hf_datasets",
     "read_idx", "read_image_folder", "read_mnist_5k", "read_parquet", "read_synthetic",
-    "read_text_table", "read_vtab", "read_wordnet",
+    "read_text_table", "read_vtab", "read_wordnet", "read_wordnet_examples",
 ]
