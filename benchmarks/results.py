@@ -540,21 +540,27 @@ def disagreement(record: dict, resolved: dict, others: list[tuple[str, dict]] = 
                  ) -> tuple[list[str], list[str]]:
     """The keys of the point ``record`` chose whose value the resolved config does not hold,
     split into those no other record explains and, for the rest, how another record of
-    ``others`` explains them: it tried this record's value against the one the preset holds,
-    and chose the preset's (``proteus-text-epochs`` chose 6 epochs over the 4 that
-    ``proteus-text-units`` had chosen)."""
+    ``others`` explains them: it tried this record's value and chose another, either the one
+    the preset holds or one this record never tried (``proteus-text-epochs`` chose 6 epochs,
+    later 8, over the 4 that ``proteus-text-units`` had chosen; a record whose own choice the
+    preset does not run is flagged in its own line)."""
     held = resolved_values(resolved, list(record["chosen"]))
     unexplained, superseded = [], []
     for key, text in record["chosen"].items():
         mine = yaml_value(text)
         if held[key] == mine:
             continue
-        by = [md for md, other in others if other is not record
-              and key in other["chosen"] and yaml_value(other["chosen"][key]) == held[key]
-              and mine in tried_values(other, key)]
+        mine_tried = tried_values(record, key)
+        by = [(md, yaml_value(other["chosen"][key])) for md, other in others
+              if other is not record and key in other["chosen"]
+              and mine in tried_values(other, key)
+              and yaml_value(other["chosen"][key]) != mine
+              and (yaml_value(other["chosen"][key]) == held[key]
+                   or yaml_value(other["chosen"][key]) not in mine_tried)]
         if by:
-            superseded.append(f"{key}={shown(held[key])} chosen over {shown(mine)} in "
-                              f"[{Path(by[0]).stem}]({by[0]})")
+            md, theirs = by[0]
+            superseded.append(f"{key}={shown(theirs)} chosen over {shown(mine)} in "
+                              f"[{Path(md).stem}]({md})")
         else:
             unexplained.append(key)
     return unexplained, superseded

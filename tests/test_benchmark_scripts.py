@@ -656,6 +656,19 @@ def test_budget_table_reads_the_tuning_records_and_flags_a_preset_that_ignores_i
         "points": [{"point": {"learner.epochs": str(epochs + 2)}, "val_mean": 0.6},
                    {"point": {"learner.epochs": str(epochs)}, "val_mean": 0.62}]}))
     assert "(learner.epochs=2)" in results.unapplied_choices("text", docs=tmp_path)[2]
+    # one that tried 2 and chose a value the preset does not run either supersedes the first,
+    # and is flagged in its own line
+    (tmp_path / "tuning/e.json").write_text(json.dumps({
+        "preset": "configs/offline/text-wordnet.yaml", "seeds": [1993], "val_fraction": 0.1,
+        "chosen": {"learner.epochs": str(epochs + 2)},
+        "points": [{"point": {"learner.epochs": "2"}, "val_mean": 0.6},
+                   {"point": {"learner.epochs": str(epochs + 2)}, "val_mean": 0.62}]}))
+    flags = results.unapplied_choices("text", docs=tmp_path)
+    assert not any("[d]" in flag for flag in flags)
+    assert any("[e]" in flag and f"(learner.epochs={epochs + 2})" in flag for flag in flags)
+    line = next(line for line in results.budget_table("text", docs=tmp_path)
+                if line.startswith("| proteus |"))
+    assert f"since superseded: learner.epochs={epochs + 2} chosen over 2 in [e]" in line
     # a float written without a dot (YAML 1.1 reads 1e-6 as a string) is still the number
     assert results.disagreement_text({"chosen": {"learner.signature.reg_covar": "1e-6"}},
                                      {"learner": {"signature": {"reg_covar": 1e-6}}}) == ""
