@@ -551,16 +551,18 @@ def disagreement(record: dict, resolved: dict, others: list[tuple[str, dict]] = 
         if held[key] == mine:
             continue
         mine_tried = tried_values(record, key)
-        by = [(md, yaml_value(other["chosen"][key])) for md, other in others
-              if other is not record and key in other["chosen"]
-              and mine in tried_values(other, key)
-              and yaml_value(other["chosen"][key]) != mine
-              and (yaml_value(other["chosen"][key]) == held[key]
-                   or yaml_value(other["chosen"][key]) not in mine_tried)]
+        by = None
+        for md, other in others:
+            if other is record or key not in other["chosen"]:
+                continue
+            theirs = yaml_value(other["chosen"][key])
+            if (theirs != mine and mine in tried_values(other, key)
+                    and (theirs == held[key] or theirs not in mine_tried)):
+                by = md, theirs
+                break
         if by:
-            md, theirs = by[0]
-            superseded.append(f"{key}={shown(theirs)} chosen over {shown(mine)} in "
-                              f"[{Path(md).stem}]({md})")
+            superseded.append(f"{key}={shown(by[1])} chosen over {shown(mine)} in "
+                              f"[{Path(by[0]).stem}]({by[0]})")
         else:
             unexplained.append(key)
     return unexplained, superseded
@@ -570,7 +572,11 @@ def disagreement_text(record: dict, resolved: dict, others: list[tuple[str, dict
     """Empty where the resolved config runs the point ``record`` chose; else the keys of that
     point whose value it does not hold, flagged, or where other records explain every one of
     them (:func:`disagreement`), how."""
-    unexplained, superseded = disagreement(record, resolved, others)
+    return _disagreement_suffix(record, resolved, *disagreement(record, resolved, others))
+
+
+def _disagreement_suffix(record: dict, resolved: dict, unexplained: list[str],
+                         superseded: list[str]) -> str:
     if unexplained:
         held = resolved_values(resolved, list(record["chosen"]))
         off = [key for key, text in record["chosen"].items() if held[key] != yaml_value(text)]
@@ -585,10 +591,12 @@ def unapplied_choices(preset: str, docs: Path = ROOT / "docs") -> list[str]:
     resolved = proteus.load_config(PRESETS[preset]).resolved()
     relative = str(PRESETS[preset].relative_to(ROOT))
     records = tuning_records(docs).get(relative, [])
-    flagged = [f"- [{Path(md).stem}]({md}): {points_text(record)}{off}"
-               for md, record in records
-               if disagreement(record, resolved, records)[0]
-               for off in [disagreement_text(record, resolved, records)]]
+    flagged = []
+    for md, record in records:
+        unexplained, superseded = disagreement(record, resolved, records)
+        if unexplained:
+            flagged.append(f"- [{Path(md).stem}]({md}): {points_text(record)}"
+                           f"{_disagreement_suffix(record, resolved, unexplained, superseded)}")
     if not flagged:
         return []
     return [f"Validation records of `{relative}` whose chosen point the preset does not run "

@@ -119,7 +119,8 @@ def make_png(path: Path, value: int) -> None:
 
 def test_all_readers_registered_with_summaries():
     assert set(DATASETS.names()) >= {
-        "fashion-mnist", "mnist-5k", "wordnet", "wordnet-examples", "image-folder", "text-table", "synthetic"}
+        "fashion-mnist", "mnist-5k", "wordnet", "wordnet-examples", "image-folder", "text-table",
+        "synthetic"}
     assert all(e.summary for e in DATASETS.entries())
 
 

@@ -104,13 +104,13 @@ def _examples(gloss: str, words: list[str]) -> list[str]:
     """``"word: example"`` for every quoted usage example in ``gloss``; ``word`` is the first of
     the synset's ``words`` that the example contains (case-insensitive, ``_`` read as a space),
     or the first word when none does (an inflected form: "ran" for "run")."""
+    names = [w.replace("_", " ") for w in words]
     out = []
     for example in _QUOTED.findall(gloss):
         example = example.strip()
         if not example:
             continue
         lower = example.lower()
-        names = [w.replace("_", " ") for w in words]
         word = next((n for n in names if n.lower() in lower), names[0])
         out.append(f"{word}: {example}")
     return out
