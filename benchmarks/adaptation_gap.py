@@ -233,7 +233,9 @@ def main(argv: list[str] | None = None) -> int:
     console = Console(stderr=True)
     store = json.loads(args.store.read_text()) if args.store.exists() else {}
     for path in [] if args.render_only else args.presets:
-        key = f"{path.relative_to(ROOT) if path.is_absolute() else path}@{args.seed}"
+        # a preset inside the repository is keyed by its relative path, one outside by its own
+        where = path.resolve()
+        key = f"{where.relative_to(ROOT) if where.is_relative_to(ROOT) else where}@{args.seed}"
         runs = store.setdefault(key, {})
         joint = [] if args.no_joint else [args.joint_label]
         for learner in [*FROZEN, *joint, *(ADAPTIVE if args.proteus else [])]:
