@@ -26,6 +26,7 @@ from proteus.data.readers import (
     TextTableOptions,
     CIFAR100Options,
     WordNetOptions,
+    WordNetRelationsOptions,
     read_cifar100,
     read_fashion_mnist,
     read_idx,
@@ -34,6 +35,7 @@ from proteus.data.readers import (
     read_text_table,
     read_wordnet,
     read_wordnet_examples,
+    read_wordnet_relations,
 )
 from proteus.registry import ConfigError
 
@@ -119,8 +121,8 @@ def make_png(path: Path, value: int) -> None:
 
 def test_all_readers_registered_with_summaries():
     assert set(DATASETS.names()) >= {
-        "fashion-mnist", "mnist-5k", "wordnet", "wordnet-examples", "image-folder", "text-table",
-        "synthetic"}
+        "fashion-mnist", "mnist-5k", "wordnet", "wordnet-examples", "wordnet-relations",
+        "image-folder", "text-table", "synthetic"}
     assert all(e.summary for e in DATASETS.entries())
 
 
@@ -380,6 +382,67 @@ def test_wordnet_usage_examples_read_as_word_in_context(tmp_path):
         read_wordnet_examples(WordNetOptions(root=str(tmp_path), min_count=3))
 
 
+def make_wordnet_relations(root: Path) -> None:
+    """Synsets with pointers: dog (hypernym canine, member holonym pack), canine (hyponym dog),
+    pack (member meronym dog, a lexical antonym and a pointer to a verb, both not relations),
+    two synsets whose first word is "bark" pointing at canine as hypernym and as part holonym
+    (so "bark -> canine" has two relations), and a verb pair (hypernym / hyponym) with frames."""
+    root.mkdir(parents=True, exist_ok=True)
+    noun = LICENCE + "".join([
+        "00000001 05 n 01 dog 0 002 @ 00000002 n 0000 #m 00000003 n 0000 | a canine  \n",
+        "00000002 05 n 01 canine 0 001 ~ 00000001 n 0000 | a carnivore  \n",
+        "00000003 14 n 02 pack 0 dog_pack 0 003 %m 00000001 n 0000 ! 00000002 n 0101 "
+        "+ 00000007 v 0101 | a group of dogs  \n",
+        "00000004 05 n 01 bark 0 001 @ 00000002 n 0000 | a dog's cry  \n",
+        "00000005 08 n 01 bark 0 001 #p 00000002 n 0000 | a tree's skin  \n",
+    ])
+    verb = LICENCE + "".join([
+        "00000007 38 v 01 run 0 001 @ 00000008 v 0000 01 + 02 00 | move fast  \n",
+        "00000008 38 v 01 travel_rapidly 0 001 ~ 00000007 v 0000 01 + 02 00 | go fast  \n",
+    ])
+    (root / "data.noun").write_text(noun, encoding="utf-8")
+    (root / "data.verb").write_text(verb, encoding="utf-8")
+
+
+def test_wordnet_relations_pairs_read_in_order(tmp_path):
+    """wordnet-relations makes "a -> b" per semantic pointer within a part of speech, labelled
+    by the relation from a to b; a text two relations share is dropped."""
+    make_wordnet_relations(tmp_path)
+    d = read_wordnet_relations(WordNetRelationsOptions(root=str(tmp_path), min_count=0))
+    by_item = {item: d.class_names[label] for item, label in zip(d.items, d.labels)}
+    assert by_item == {
+        "dog -> canine": "hypernym",
+        "dog -> pack": "member holonym",
+        "canine -> dog": "hyponym",
+        "pack -> dog": "member meronym",
+        "run -> travel rapidly": "hypernym",
+        "travel rapidly -> run": "hyponym",
+    }
+    assert d.class_names == sorted(d.class_names) and d.source == "wordnet-relations"
+    # classes are counted in pairs; nouns alone drop the verb pair
+    d = read_wordnet_relations(WordNetRelationsOptions(root=str(tmp_path), min_count=2))
+    assert d.class_names == ["hypernym", "hyponym"] and len(d) == 4
+    d = read_wordnet_relations(WordNetRelationsOptions(root=str(tmp_path), min_count=0,
+                                                       parts_of_speech=["noun"]))
+    assert len(d) == 4 and "run -> travel rapidly" not in d.items
+    with pytest.raises(DataError, match="at least 3 pairs"):
+        read_wordnet_relations(WordNetRelationsOptions(root=str(tmp_path), min_count=3))
+
+
+def test_wordnet_relations_bad_pointers_name_the_file(tmp_path):
+    make_wordnet_relations(tmp_path)
+    path = tmp_path / "data.noun"
+    path.write_text(path.read_text() + "00000006 05 n 01 wolf 0 001 @ 00000099 n 0000 | a wolf\n")
+    with pytest.raises(DataError, match=r"data.noun: synset 00000006 points .* to 00000099"):
+        read_wordnet_relations(WordNetRelationsOptions(root=str(tmp_path), min_count=0))
+    make_wordnet_relations(tmp_path)
+    text = path.read_text()
+    path.write_text(text + "00000006 05 n 01 wolf 0 002 @ 00000002 n 0000 | a wolf\n")
+    with pytest.raises(DataError, match=f"{path}: line {text.count(chr(10)) + 1}: the pointer "
+                                        "count 002"):
+        read_wordnet_relations(WordNetRelationsOptions(root=str(tmp_path), min_count=0))
+
+
 def test_wordnet_missing_file(tmp_path):
     with pytest.raises(DataError, match="data.noun"):
         read_wordnet(WordNetOptions(root=str(tmp_path)))
@@ -608,6 +671,13 @@ def test_real_wordnet():
     d = DATASETS.build("wordnet", {"min_count": 340})
     assert d.num_classes == 37 and np.bincount(d.labels).min() >= 340
     assert DATASETS.build("wordnet", {"max_classes": 36}).num_classes == 36
+    # the text-relations preset's 12 classes: six relations, each with its inverse
+    d = DATASETS.build("wordnet-relations")
+    assert d.class_names == [
+        "hypernym", "hyponym", "instance hypernym", "instance hyponym", "member holonym",
+        "member meronym", "part holonym", "part meronym", "region domain",
+        "region domain member", "topic domain", "topic domain member"]
+    assert np.bincount(d.labels).min() >= 1000 and "dog -> canine" in d.items
 
 
 @pytest.mark.assets

@@ -31,14 +31,22 @@ from proteus.data.readers.tabular import (
 )
 from proteus.data.readers.text_table import TextTableOptions, read_text_table
 from proteus.data.readers.vtab import VTABOptions, read_vtab
-from proteus.data.readers.wordnet import (LEXNAMES, WordNetOptions, read_wordnet,
-                                          read_wordnet_examples)
+from proteus.data.readers.wordnet import (
+    LEXNAMES,
+    RELATIONS,
+    WordNetOptions,
+    WordNetRelationsOptions,
+    read_wordnet,
+    read_wordnet_examples,
+    read_wordnet_relations,
+)
 
 __all__ = [
     "CIFAR100Options", "CUB200Options", "DATASETS", "DEFAULT_IMAGE_EXTENSIONS", "FASHION_CLASSES",
     "FILLER_WORDS", "FashionMNISTOptions", "HFDatasetsOptions", "ImageFolderOptions", "LEXNAMES",
-    "MNIST5kOptions", "ParquetOptions", "SyntheticOptions", "TextTableOptions", "VTABOptions",
-    "WordNetOptions", "read_cifar100", "read_cub200", "read_fashion_mnist", "read_hf_datasets",
+    "MNIST5kOptions", "ParquetOptions", "RELATIONS", "SyntheticOptions", "TextTableOptions",
+    "VTABOptions", "WordNetOptions", "WordNetRelationsOptions", "read_cifar100", "read_cub200", "read_fashion_mnist", "read_hf_datasets",
     "read_idx", "read_image_folder", "read_mnist_5k", "read_parquet", "read_synthetic",
     "read_text_table", "read_vtab", "read_wordnet", "read_wordnet_examples",
+    "read_wordnet_relations",
 ]

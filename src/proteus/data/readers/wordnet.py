@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 from collections import Counter
 from pathlib import Path
-from typing import Literal
+from typing import Literal, NamedTuple
 
 import numpy as np
 from pydantic import Field
@@ -119,6 +119,21 @@ def _examples(gloss: str, words: list[str]) -> list[str]:
 def _wordnet_records(path: Path):
     """Yield ``(gloss, lexname, words)`` per synset line of one WordNet ``data.*`` file; the
     words are the synset's lemmas (``run``, ``operate``; adjective markers like ``(a)`` cut)."""
+    for record in _synset_records(path):
+        yield record.gloss, record.lexname, record.words
+
+
+class _Synset(NamedTuple):
+    offset: str
+    lexname: str
+    words: list[str]
+    # (pointer symbol, target offset, target part of speech, source/target word numbers)
+    pointers: list[tuple[str, str, str, str]]
+    gloss: str
+
+
+def _synset_records(path: Path):
+    """Yield one :class:`_Synset` per synset line of one WordNet ``data.*`` file."""
     # WordNet 3.0 is ASCII apart from a few stray bytes; they must not abort a 95k-line read
     with open(path, encoding="utf-8", errors="replace") as fh:
         for lineno, line in enumerate(fh, start=1):
@@ -139,4 +154,86 @@ def _wordnet_records(path: Path):
                 raise DataError(f"{path}: line {lineno}: field 4 must be the hexadecimal count "
                                 "of the synset's words, followed by that many word, lex_id pairs "
                                 "and the 3-digit pointer count")
-            yield gloss.strip(), LEXNAMES[int(fields[1])], words
+            base = 5 + 2 * count
+            pointers = [tuple(fields[base + 4 * k: base + 4 * k + 4]) for k in range(int(p_cnt))]
+            if any(len(ptr) != 4 for ptr in pointers):
+                raise DataError(f"{path}: line {lineno}: the pointer count {p_cnt} announces "
+                                "more pointers (symbol, offset, pos, source/target) than the "
+                                "line holds")
+            yield _Synset(fields[0], LEXNAMES[int(fields[1])], words, pointers, gloss.strip())
+
+
+# WordNet's semantic pointers between synsets of one part of speech (wninput(5WN)), by symbol.
+# Most come with their inverse in the other direction (a hypernym pointer from A to B is a
+# hyponym pointer from B to A); entailment and cause have none, and verb group is symmetric.
+RELATIONS = {
+    "@": "hypernym", "~": "hyponym", "@i": "instance hypernym", "~i": "instance hyponym",
+    "#m": "member holonym", "%m": "member meronym", "#s": "substance holonym",
+    "%s": "substance meronym", "#p": "part holonym", "%p": "part meronym",
+    ";c": "topic domain", "-c": "topic domain member", ";r": "region domain",
+    "-r": "region domain member", ";u": "usage domain", "-u": "usage domain member",
+    "*": "entailment", ">": "cause", "$": "verb group",
+}
+
+
+class WordNetRelationsOptions(Options):
+    root: str = "/usr/share/wordnet"
+    parts_of_speech: list[Literal["noun", "verb"]] = Field(
+        default_factory=lambda: ["noun", "verb"], min_length=1)
+    min_count: int = Field(1000, ge=0)
+    max_classes: int | None = Field(None, ge=1)
+
+
+@DATASETS.register("wordnet-relations", WordNetRelationsOptions,
+                   "WordNet 3.0 synset pairs as 'a -> b', labelled by the relation from a to b "
+                   "(hypernym, part meronym, ...), text")
+def read_wordnet_relations(options: WordNetRelationsOptions) -> LabeledData:
+    """One item per semantic pointer between two synsets of a loaded part of speech,
+    ``"a -> b"`` with each synset's first word, labelled by the relation the pointer names
+    (:data:`RELATIONS`; noun and verb hypernyms are one class). Every pair comes with its
+    inverse (``"dog -> canine"`` hypernym, ``"canine -> dog"`` hyponym), so the label turns on
+    the order of the two words as much as on which words they are. A text that two relations
+    share (two synsets with the same first words) is dropped; a text repeated under one
+    relation is kept once. ``min_count`` and ``max_classes`` count pairs.
+    """
+    root = Path(options.root)
+    first_word: dict[tuple[str, str], str] = {}
+    pointers: list[tuple[str, str, str, str]] = []  # (symbol, pos, source offset, target offset)
+    for pos in dict.fromkeys(options.parts_of_speech):
+        path = root / f"data.{pos}"
+        if not path.is_file():
+            raise DataError(f"{path}: WordNet data file not found "
+                            "(the Debian package wordnet-base provides /usr/share/wordnet)")
+        for record in _synset_records(path):
+            first_word[(pos[0], record.offset)] = record.words[0].replace("_", " ")
+            pointers += [(symbol, pos[0], record.offset, target)
+                         for symbol, target, target_pos, words in record.pointers
+                         # semantic (whole synset, "0000") and within the part of speech
+                         if symbol in RELATIONS and words == "0000" and target_pos == pos[0]]
+
+    labels_of: dict[str, set[str]] = {}
+    for symbol, pos, source, target in pointers:
+        if (pos, target) not in first_word:
+            raise DataError(f"{root / ('data.noun' if pos == 'n' else 'data.verb')}: synset "
+                            f"{source} points ({symbol!r}) to {target}, which is not in the file")
+        text = f"{first_word[(pos, source)]} -> {first_word[(pos, target)]}"
+        labels_of.setdefault(text, set()).add(RELATIONS[symbol])
+    pairs = [(text, next(iter(names))) for text, names in labels_of.items() if len(names) == 1]
+
+    counts = Counter(name for _, name in pairs)
+    kept = [name for name, n in counts.items() if n >= options.min_count]
+    if options.max_classes is not None:
+        kept = sorted(kept, key=lambda name: (-counts[name], name))[: options.max_classes]
+    if not kept:
+        raise DataError(f"{root}: no WordNet relation has at least {options.min_count} pairs")
+    class_names = sorted(kept)
+    index = {name: i for i, name in enumerate(class_names)}
+    pairs = [(text, name) for text, name in pairs if name in index]
+    return LabeledData(
+        items=[text for text, _ in pairs],
+        labels=np.array([index[name] for _, name in pairs], dtype=np.int64),
+        class_names=class_names,
+        modality="text",
+        official_split=None,
+        source="wordnet-relations",
+    )
