@@ -168,27 +168,35 @@ def summary(store: dict, criterion: float) -> list[str]:
     """How many candidates meet the criterion, and how often adapting the backbone beat the
     frozen multi-block lda at all (task-IL and class-IL)."""
     verdicts, lda_wins, ran, pending = [], 0, 0, 0
-    # a preset counts once: a seed run without joint-lora (more seeds of the frozen and
-    # proteus rows) leaves the verdict to the seed that has it
-    judged = {key.rsplit("@", 1)[0] for key, runs in store.items() if joint_rows(runs)}
+    by_preset: dict[str, list[dict]] = {}
     for key, runs in store.items():
-        joint, frozen = list(joint_rows(runs).values()), frozen_task_il(runs)
-        if not frozen or (not joint and key.rsplit("@", 1)[0] in judged):
+        by_preset.setdefault(key.rsplit("@", 1)[0], []).append(runs)
+    # a preset counts once, whatever its seeds: it meets the criterion where every seed run with
+    # joint-lora meets it; seeds run without joint-lora (more seeds of the frozen and proteus
+    # rows) leave the verdict to those that have it
+    for seeds in by_preset.values():
+        judged = [r for r in seeds if joint_rows(r) and frozen_task_il(r)]
+        if not judged:
+            frozen = [frozen_task_il(r) for r in seeds if frozen_task_il(r)]
+            if any(has_room(f, criterion) for f in frozen):
+                pending += 1  # room left and joint-lora not run yet: no verdict, not a miss
+            elif frozen:
+                verdicts.append(False)
             continue
-        best_joint = max((r["task_il_accuracy"] for r in joint), default=None)
-        if best_joint is None and has_room(frozen, criterion):
-            pending += 1  # room left and joint-lora not run yet: no verdict, not a miss
-            continue
-        verdicts.append(best_joint is not None and 100 * (best_joint - max(frozen)) >= criterion)
-        if "lda" in runs and joint:  # only where both ran can the comparison be counted
+        verdicts.append(all(
+            100 * (max(r["task_il_accuracy"] for r in joint_rows(runs).values())
+                   - max(frozen_task_il(runs))) >= criterion for runs in judged))
+        with_lda = [runs for runs in judged if "lda" in runs]
+        if with_lda:  # only where both ran can the comparison be counted
             ran += 1
             lda_wins += all(
                 r["task_il_accuracy"] <= runs["lda"]["task_il_accuracy"] + criterion / 100
                 and r["final_accuracy"] <= runs["lda"]["final_accuracy"] + criterion / 100
-                for r in joint)
+                for runs in with_lda for r in joint_rows(runs).values())
     if not verdicts and not pending:
         return []
-    text = f"{sum(verdicts)} of {len(verdicts)} candidate presets meet the criterion"
+    text = (f"{sum(verdicts)} of {len(verdicts)} candidate presets meet the criterion (on "
+            "every seed run with joint-lora)")
     text += (f" ({pending} more {'awaits' if pending == 1 else 'await'} joint-lora)." if pending
              else ".")
     if ran:

@@ -448,8 +448,8 @@ def test_adaptation_gap_verdicts():
     assert "Gap (joint-lora): +2.00 points (misses the 5-point criterion)." in text
     assert "the best frozen task-IL, 97.00, leaves at most 3.00 points" in text
     assert "0 of 3 candidate presets meet" not in text
-    assert "1 of 3 candidate presets meet the criterion (1 more awaits joint-lora). On 1 of " \
-        "the 2 where joint-lora and lda both ran" in text
+    assert "1 of 3 candidate presets meet the criterion (on every seed run with joint-lora) (1 " \
+        "more awaits joint-lora). On 1 of the 2 where joint-lora and lda both ran" in text
     # several joint-lora settings: the gap is taken against the best, each one's options shown
     store["b.yaml@1"]["joint-lora, rank 16"] = {**run(0.99), "options": {
         "rank": 16, "scale": 1.0, "lr": 0.003, "epochs": 6, "targets": ["x"]}}
@@ -472,7 +472,16 @@ def test_adaptation_gap_verdicts():
                          "proteus, no units": {"task_il_accuracy": 0.86,
                                                "final_accuracy": 0.46}}
     text = "\n".join(gap.render(store, 5.0))
-    assert "2 of 3 candidate presets meet the criterion (1 more awaits joint-lora)" in text
+    assert "2 of 3 candidate presets meet the criterion (on every seed run with joint-lora) " \
+        "(1 more awaits joint-lora)" in text
+    # a second seed with joint-lora: the preset still counts once, and meets only if both seeds do
+    store["b.yaml@2"] = {"lda": run(0.93), "joint-lora": run(0.95)}
+    text = "\n".join(gap.render(store, 5.0))
+    assert "1 of 3 candidate presets meet" in text and "On 0 of the 2 where" in text
+    store["b.yaml@2"]["joint-lora"] = run(0.99)
+    text = "\n".join(gap.render(store, 5.0))
+    assert "2 of 3 candidate presets meet" in text
+    del store["b.yaml@2"]
     assert "- `a.yaml` (proteus at seeds 1, 2):" in text
     assert "units (does not beat `train_adapters: false`)" in text
     assert "per seed +0.50, -0.50 (beating means" in text
