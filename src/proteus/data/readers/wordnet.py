@@ -176,12 +176,8 @@ RELATIONS = {
 }
 
 
-class WordNetRelationsOptions(Options):
-    root: str = "/usr/share/wordnet"
-    parts_of_speech: list[Literal["noun", "verb"]] = Field(
-        default_factory=lambda: ["noun", "verb"], min_length=1)
-    min_count: int = Field(1000, ge=0)
-    max_classes: int | None = Field(None, ge=1)
+class WordNetRelationsOptions(WordNetOptions):
+    min_count: int = Field(1000, ge=0)  # pairs
 
 
 @DATASETS.register("wordnet-relations", WordNetRelationsOptions,
