@@ -177,7 +177,7 @@ def summary(store: dict, criterion: float) -> list[str]:
     for seeds in by_preset.values():
         judged = [r for r in seeds if joint_rows(r) and frozen_task_il(r)]
         if not judged:
-            frozen = [frozen_task_il(r) for r in seeds if frozen_task_il(r)]
+            frozen = [f for f in map(frozen_task_il, seeds) if f]
             if any(has_room(f, criterion) for f in frozen):
                 pending += 1  # room left and joint-lora not run yet: no verdict, not a miss
             elif frozen:

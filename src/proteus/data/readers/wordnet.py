@@ -63,36 +63,49 @@ def read_wordnet_examples(options: WordNetOptions) -> LabeledData:
 
 
 def _read(options: WordNetOptions, examples: bool) -> LabeledData:
-    root = Path(options.root)
     glosses: list[str] = []
     lexnames: list[str] = []
-    for pos in dict.fromkeys(options.parts_of_speech):  # de-duplicated, order kept
-        path = root / f"data.{pos}"
-        if not path.is_file():
-            raise DataError(f"{path}: WordNet data file not found "
-                            "(the Debian package wordnet-base provides /usr/share/wordnet)")
+    for path in _data_files(options):
         for gloss, lexname, words in _wordnet_records(path):
             for item in (_examples(gloss, words) if examples else [gloss]):
                 glosses.append(item)
                 lexnames.append(lexname)
+    return _labelled(glosses, lexnames, options, "supersense",
+                     "usage examples" if examples else "glosses",
+                     "wordnet-examples" if examples else "wordnet")
 
-    counts = Counter(lexnames)
+
+def _data_files(options: WordNetOptions) -> list[Path]:
+    """``root/data.<pos>`` for each part of speech asked for (de-duplicated, order kept)."""
+    paths = [Path(options.root) / f"data.{pos}" for pos in dict.fromkeys(options.parts_of_speech)]
+    for path in paths:
+        if not path.is_file():
+            raise DataError(f"{path}: WordNet data file not found "
+                            "(the Debian package wordnet-base provides /usr/share/wordnet)")
+    return paths
+
+
+def _labelled(items: list[str], names: list[str], options: WordNetOptions, kind: str,
+              counted: str, source: str) -> LabeledData:
+    """Keep the classes (``names``, one per item) with at least ``min_count`` items, then the
+    ``max_classes`` most frequent (ties by name); labels follow sorted class names."""
+    counts = Counter(names)
     kept = [name for name, n in counts.items() if n >= options.min_count]
     if options.max_classes is not None:
         kept = sorted(kept, key=lambda name: (-counts[name], name))[: options.max_classes]
     if not kept:
-        raise DataError(f"{root}: no WordNet supersense has at least {options.min_count} "
-                        f"{'usage examples' if examples else 'glosses'}")
+        raise DataError(f"{options.root}: no WordNet {kind} has at least {options.min_count} "
+                        f"{counted}")
     class_names = sorted(kept)
     index = {name: i for i, name in enumerate(class_names)}
-    keep = [i for i, name in enumerate(lexnames) if name in index]
+    keep = [i for i, name in enumerate(names) if name in index]
     return LabeledData(
-        items=[glosses[i] for i in keep],
-        labels=np.array([index[lexnames[i]] for i in keep], dtype=np.int64),
+        items=[items[i] for i in keep],
+        labels=np.array([index[names[i]] for i in keep], dtype=np.int64),
         class_names=class_names,
         modality="text",
         official_split=None,
-        source="wordnet-examples" if examples else "wordnet",
+        source=source,
     )
 
 
@@ -186,50 +199,31 @@ class WordNetRelationsOptions(WordNetOptions):
 def read_wordnet_relations(options: WordNetRelationsOptions) -> LabeledData:
     """One item per semantic pointer between two synsets of a loaded part of speech,
     ``"a -> b"`` with each synset's first word, labelled by the relation the pointer names
-    (:data:`RELATIONS`; noun and verb hypernyms are one class). Every pair comes with its
+    (:data:`RELATIONS`; noun and verb hypernyms are one class). Most relations come with their
     inverse (``"dog -> canine"`` hypernym, ``"canine -> dog"`` hyponym), so the label turns on
     the order of the two words as much as on which words they are. A text that two relations
     share (two synsets with the same first words) is dropped; a text repeated under one
     relation is kept once. ``min_count`` and ``max_classes`` count pairs.
     """
-    root = Path(options.root)
     first_word: dict[tuple[str, str], str] = {}
     pointers: list[tuple[str, str, str, str]] = []  # (symbol, pos, source offset, target offset)
-    for pos in dict.fromkeys(options.parts_of_speech):
-        path = root / f"data.{pos}"
-        if not path.is_file():
-            raise DataError(f"{path}: WordNet data file not found "
-                            "(the Debian package wordnet-base provides /usr/share/wordnet)")
+    for path in _data_files(options):
+        pos = path.name[len("data.")]  # "n" or "v", as pointers name the target's
         for record in _synset_records(path):
-            first_word[(pos[0], record.offset)] = record.words[0].replace("_", " ")
-            pointers += [(symbol, pos[0], record.offset, target)
+            first_word[(pos, record.offset)] = record.words[0].replace("_", " ")
+            pointers += [(symbol, pos, record.offset, target)
                          for symbol, target, target_pos, words in record.pointers
                          # semantic (whole synset, "0000") and within the part of speech
-                         if symbol in RELATIONS and words == "0000" and target_pos == pos[0]]
+                         if symbol in RELATIONS and words == "0000" and target_pos == pos]
 
     labels_of: dict[str, set[str]] = {}
     for symbol, pos, source, target in pointers:
         if (pos, target) not in first_word:
-            raise DataError(f"{root / ('data.noun' if pos == 'n' else 'data.verb')}: synset "
-                            f"{source} points ({symbol!r}) to {target}, which is not in the file")
+            raise DataError(f"{Path(options.root) / ('data.noun' if pos == 'n' else 'data.verb')}"
+                            f": synset {source} points ({symbol!r}) to {target}, which is not in "
+                            "the file")
         text = f"{first_word[(pos, source)]} -> {first_word[(pos, target)]}"
         labels_of.setdefault(text, set()).add(RELATIONS[symbol])
     pairs = [(text, next(iter(names))) for text, names in labels_of.items() if len(names) == 1]
-
-    counts = Counter(name for _, name in pairs)
-    kept = [name for name, n in counts.items() if n >= options.min_count]
-    if options.max_classes is not None:
-        kept = sorted(kept, key=lambda name: (-counts[name], name))[: options.max_classes]
-    if not kept:
-        raise DataError(f"{root}: no WordNet relation has at least {options.min_count} pairs")
-    class_names = sorted(kept)
-    index = {name: i for i, name in enumerate(class_names)}
-    pairs = [(text, name) for text, name in pairs if name in index]
-    return LabeledData(
-        items=[text for text, _ in pairs],
-        labels=np.array([index[name] for _, name in pairs], dtype=np.int64),
-        class_names=class_names,
-        modality="text",
-        official_split=None,
-        source="wordnet-relations",
-    )
+    return _labelled([text for text, _ in pairs], [name for _, name in pairs], options,
+                     "relation", "pairs", "wordnet-relations")
