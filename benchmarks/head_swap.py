@@ -215,10 +215,11 @@ def render(store: dict) -> str:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    # text-large has no baseline presets of its own (benchmarks/results.py runs the text ones on
-    # its data): measure its finished runs with --runs
+    # text-large and text-relations-paired have few baseline presets of their own
+    # (benchmarks/results.py runs the text ones on their data): measure their finished runs
+    # with --runs
     parser.add_argument("--presets", nargs="+", default=["vision"],
-                        choices=["vision", "text", "text-large"])
+                        choices=["vision", "text", "text-large", "text-relations-paired"])
     parser.add_argument("--learners", nargs="+", default=LEARNERS)
     parser.add_argument("--seeds", nargs="+", type=int, default=[1993])
     parser.add_argument("--runs", type=Path, default=None,

@@ -614,6 +614,15 @@ def same_units(resolved: dict, preset: str) -> bool:
     return all(resolved["learner"].get(k) == own.get(k) for k in UNIT_KEYS)
 
 
+def scenario_only_base(path: Path) -> str | None:
+    """The repository path of ``path``'s ``base:`` preset where ``path`` changes nothing of it
+    but the scenario section, else None."""
+    own = yaml.safe_load(path.read_text()) or {}
+    if "base" not in own or set(own) - {"base", "scenario"}:
+        return None
+    return str((path.parent / own["base"]).resolve().relative_to(ROOT))
+
+
 def budget_table(preset: str, docs: Path = ROOT / "docs") -> list[str]:
     """Each gradient-trained learner's budget on ``preset`` (``proteus``'s units, then every
     baseline's) and what a validation split said about it (the tuning records of its preset
@@ -639,6 +648,14 @@ def budget_table(preset: str, docs: Path = ROOT / "docs") -> list[str]:
                 tuned.append(f"trains as `{name}-ca` (alignment changes only the head after "
                              "training): that row's records hold"
                              + disagreement_text(record, resolved))
+        base = scenario_only_base(path)
+        if not tuned and base is not None:
+            # the file is another preset's recipe placed on another scenario (class order) of
+            # the same data: the validation records of that preset chose its recipe
+            for md, record in records.get(base, []):
+                tuned.append(f"its base `{base}` (same data, another scenario): [{Path(md).stem}]"
+                             f"({md}) {points_text(record)}"
+                             + disagreement_text(record, resolved, records.get(base, [])))
         if name == "aper" and not tuned and not overrides and same_units(resolved, preset):
             # the adaptive control adapts PROTEUS's own units, so their records are its records
             tuned.append("adapts `proteus`'s units (targets, rank, scale, budget) on its first "
@@ -770,7 +787,14 @@ def render(store: dict, out_md: Path, head_swap: dict | None = None,
              "([tuning/proteus-text-large-units.md](tuning/proteus-text-large-units.md)); its "
              "baselines run their text presets on its data, or a text-large preset of their "
              "own that keeps a budget the text preset has since changed "
-             "([baselines.md](baselines.md)).", "",
+             "([baselines.md](baselines.md)). On text-relations-paired (2 tasks of 6 WordNet "
+             "relations between two words, each relation in its inverse's task; the hard text "
+             "preset where joint-lora's task-IL is more than 5 points above every frozen "
+             "control's, [adaptation_gap.md](adaptation_gap.md)) PROTEUS's units are "
+             "text-large's, not tuned on its validation split; joint-lora's units were chosen on "
+             "the validation split of text-relations (the same data and splits in a random "
+             "class order), aper adapts PROTEUS's units, and the other baselines run their text "
+             "presets on its data.", "",
              "Written by `benchmarks/results.py` from `docs/results.json`; rerun with the command "
              "at the end of each section. Mean ± std over the seeds listed (population std); "
              "accuracies in percent; wall time of the whole run on a 2-core CPU machine (the "

@@ -689,6 +689,20 @@ def test_budget_table_reads_the_tuning_records_and_flags_a_preset_that_ignores_i
     assert "l2p-text-large.yaml" in large["l2p"] and "as on `text`" not in large["l2p"]
     assert "not tuned on this preset's data" in large["o-lora-ca"]
     assert "59.00" not in large["o-lora-ca"]
+    # a preset file that only places another preset's recipe on another class order (the
+    # paired joint-lora) inherits that preset's records, and says where they come from
+    (tmp_path / "tuning/f.json").write_text(json.dumps({
+        "preset": "configs/offline/baselines/joint-lora-text-relations.yaml", "seeds": [1993],
+        "val_fraction": 0.1, "chosen": {"learner.epochs": "10"},
+        "points": [{"point": {"learner.epochs": "10"}, "val_mean": 0.7},
+                   {"point": {"learner.epochs": "15"}, "val_mean": 0.69}]}))
+    paired = {line.split(" | ")[0].strip("| "): line
+              for line in results.budget_table("text-relations-paired", docs=tmp_path)
+              if line.startswith("| ")}
+    assert ("its base `configs/offline/baselines/joint-lora-text-relations.yaml`"
+            in paired["joint-lora"]) and "epochs 10: 70.00 (chosen)" in paired["joint-lora"]
+    # ... but a file that changes the learner does not: aper's paired preset has no records
+    assert "its base" not in paired["aper"]
     # a broken record is named, not a bare JSON traceback
     (tmp_path / "tuning/d.json").write_text("{broken")
     with pytest.raises(SystemExit, match=r"d\.json: not a valid tuning record"):
