@@ -658,8 +658,10 @@ def budget_table(preset: str, docs: Path = ROOT / "docs") -> list[str]:
                              + disagreement_text(record, resolved, records.get(base, [])))
         if name == "aper" and not tuned and not overrides and same_units(resolved, preset):
             # the adaptive control adapts PROTEUS's own units, so their records are its records
+            own_records = records.get(str(PRESETS[preset].relative_to(ROOT)))
             tuned.append("adapts `proteus`'s units (targets, rank, scale, budget) on its first "
-                         "task: that row's records hold")
+                         "task: " + ("that row's records hold" if own_records else
+                                     "not tuned on validation, as that row's are not"))
         if overrides:  # a derived preset: the records of that file were tuned on its parent
             tuned = [f"as on `{DERIVED[preset]}`, not tuned on this preset's data"]
         rows.append(f"| {name} | `{relative}` | {budget_of(resolved['learner'])} | "

@@ -701,8 +701,9 @@ def test_budget_table_reads_the_tuning_records_and_flags_a_preset_that_ignores_i
               if line.startswith("| ")}
     assert ("its base `configs/offline/baselines/joint-lora-text-relations.yaml`"
             in paired["joint-lora"]) and "epochs 10: 70.00 (chosen)" in paired["joint-lora"]
-    # ... but a file that changes the learner does not: aper's paired preset has no records
-    assert "its base" not in paired["aper"]
+    # ... but a file that changes the learner does not: aper's paired preset has no records,
+    # and neither have the units it adapts there
+    assert "its base" not in paired["aper"] and "not tuned on validation, as" in paired["aper"]
     # a broken record is named, not a bare JSON traceback
     (tmp_path / "tuning/d.json").write_text("{broken")
     with pytest.raises(SystemExit, match=r"d\.json: not a valid tuning record"):
