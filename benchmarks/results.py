@@ -99,6 +99,10 @@ BASELINE_VARIANTS = {
     # for benchmarks/diagnose_sd_lora.py)
     "sd-lora-ca, magnitudes carried over": ("sd-lora-ca", ["learner.magnitude_sharing=per-layer",
                                                             "learner.magnitude_init=null"]),
+    # InfLoRA's official form where its text preset deviates for the CPU budget: units on every
+    # block's k, v and the authors' 20 epochs (the diagnostic of its gap to joint-lora)
+    "inflora-ca, official form": ("inflora-ca", ["learner.targets=null",
+                                                 "learner.steps_per_task=null"]),
 }
 # baselines that retrieve a task and read that task's units: no one embedding for every input
 # (their Learner.embedding is None), so the head-swap control does not apply
