@@ -548,9 +548,18 @@ def test_results_derived_preset_and_adopting_a_run_only_if_its_config_matches(tm
     (tmp_path / "configs/offline/baselines/ranpac-tiny.yaml").write_text(yaml.safe_dump(
         {"base": "../../../tiny.yaml", "learner": {"name": "ranpac", "proj_dim": 32}}))
     monkeypatch.setattr(results, "ROOT", tmp_path)
+    # a derived preset that states only what it changes of another (its base chain holds the
+    # rest of its data and scenario)
+    (tmp_path / "tiny-paired.yaml").write_text(yaml.safe_dump(
+        {"base": "tiny-large.yaml", "scenario": {"shuffle_classes": False}}))
     monkeypatch.setattr(results, "PRESETS", {"tiny": tmp_path / "tiny.yaml",
-                                             "tiny-large": tmp_path / "tiny-large.yaml"})
-    monkeypatch.setattr(results, "DERIVED", {"tiny-large": "tiny"})
+                                             "tiny-large": tmp_path / "tiny-large.yaml",
+                                             "tiny-paired": tmp_path / "tiny-paired.yaml"})
+    monkeypatch.setattr(results, "DERIVED", {"tiny-large": "tiny", "tiny-paired": "tiny"})
+    paired = results.run_config("tiny-paired", "ranpac", 1990, "runs").resolved()
+    assert paired["learner"]["name"] == "ranpac" and paired["scenario"]["num_tasks"] == 2
+    assert paired["data"][0]["samples_per_class"] == 30
+    assert paired["scenario"]["shuffle_classes"] is False
 
     assert results.flat_overrides({"scenario": {"num_tasks": 2, "x": {"y": [1]}}}) == [
         "scenario.num_tasks=2", "scenario.x.y=[1]"]
