@@ -640,10 +640,15 @@ def budget_table(preset: str, docs: Path = ROOT / "docs") -> list[str]:
         path, overrides = found
         resolved = proteus.load_config(path, overrides).resolved()
         relative = str(path.relative_to(ROOT))
-        tuned = []
-        for md, record in records.get(relative, []):
-            tuned.append(f"[{Path(md).stem}]({md}) {points_text(record)}"
-                         + disagreement_text(record, resolved, records.get(relative, [])))
+        source, via = relative, ""
+        base = scenario_only_base(path)
+        if relative not in records and base in records:
+            # the file is another preset's recipe placed on another scenario (class order) of
+            # the same data: the validation records of that preset chose its recipe
+            source, via = base, f"its base `{base}` (same data, another scenario): "
+        tuned = [f"{via}[{Path(md).stem}]({md}) {points_text(record)}"
+                 + disagreement_text(record, resolved, records[source])
+                 for md, record in records.get(source, [])]
         aligned = baseline_preset(f"{name}-ca", preset) if f"{name}-ca" in BASELINES else None
         if not tuned and aligned and not overrides:
             # the learner trains exactly as its classifier-aligned variant, which changes only
@@ -652,14 +657,6 @@ def budget_table(preset: str, docs: Path = ROOT / "docs") -> list[str]:
                 tuned.append(f"trains as `{name}-ca` (alignment changes only the head after "
                              "training): that row's records hold"
                              + disagreement_text(record, resolved))
-        base = scenario_only_base(path)
-        if not tuned and base is not None:
-            # the file is another preset's recipe placed on another scenario (class order) of
-            # the same data: the validation records of that preset chose its recipe
-            for md, record in records.get(base, []):
-                tuned.append(f"its base `{base}` (same data, another scenario): [{Path(md).stem}]"
-                             f"({md}) {points_text(record)}"
-                             + disagreement_text(record, resolved, records.get(base, [])))
         if name == "aper" and not tuned and not overrides and same_units(resolved, preset):
             # the adaptive control adapts PROTEUS's own units, so their records are its records
             own_records = records.get(str(PRESETS[preset].relative_to(ROOT)))
