@@ -49,6 +49,7 @@ from rich.console import Console  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "src"))
+sys.path.insert(0, str(ROOT / "benchmarks"))
 
 import proteus  # noqa: E402
 from proteus.assemble import assemble, make_context  # noqa: E402
@@ -62,6 +63,7 @@ from proteus.learners.simplecil import cosine_scores  # noqa: E402
 from proteus.model import load_model  # noqa: E402
 from proteus.registry import ConfigError  # noqa: E402
 from proteus.storage import write_json_atomic, write_text_atomic  # noqa: E402
+from results import BASELINE_VARIANTS, run_name  # noqa: E402
 
 LEARNERS = ["seq-lora", "o-lora", "inflora", "sd-lora", "joint-lora"]
 
@@ -223,9 +225,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--learners", nargs="+", default=LEARNERS)
     parser.add_argument("--seeds", nargs="+", type=int, default=[1993])
     parser.add_argument("--runs", type=Path, default=None,
-                        help="measure the finished runs <RUNS>/<preset>/<learner>-s<seed> "
-                             "(benchmarks/results.py writes them to runs/bench) instead of "
-                             "training the learners again; missing runs are skipped")
+                        help="measure the finished runs of benchmarks/results.py under RUNS "
+                             "(it writes them to runs/bench) instead of training the learners "
+                             "again; a learner may then also be one of its baseline variants, "
+                             "e.g. 'inflora-ca, official form'; missing runs are skipped")
     parser.add_argument("--store", type=Path, default=ROOT / "docs/head_swap.json")
     parser.add_argument("--out", type=Path, default=ROOT / "docs/head_swap.md")
     args = parser.parse_args(argv)
@@ -235,11 +238,15 @@ def main(argv: list[str] | None = None) -> int:
         for learner in args.learners:
             for seed in args.seeds:
                 if args.runs is not None:
-                    run_dir = args.runs / preset / f"{learner}-s{seed}"
+                    run_dir = args.runs / preset / run_name(learner, seed)
                     if not (run_dir / "model").is_dir():
                         console.print(f"{run_dir}: no finished run with a saved model, skipped")
                         continue
                     result = measure_saved(run_dir)
+                elif learner in BASELINE_VARIANTS:
+                    console.print(f"{learner}: a variant of benchmarks/results.py; measure its "
+                                  "finished runs with --runs, skipped")
+                    continue
                 else:
                     path = ROOT / f"configs/offline/baselines/{learner}-{preset}.yaml"
                     if not path.is_file():

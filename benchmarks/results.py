@@ -103,6 +103,20 @@ BASELINE_VARIANTS = {
     # block's k, v and the authors' 20 epochs (the diagnostic of its gap to joint-lora)
     "inflora-ca, official form": ("inflora-ca", ["learner.targets=null",
                                                  "learner.steps_per_task=null"]),
+    # the same control for SD-LoRA (every block's q, v; 20 epochs) and O-LoRA (every block's
+    # q, v; one epoch, at the text presets' batch 128)
+    "sd-lora-ca, official form": ("sd-lora-ca", ["learner.targets=null",
+                                                 "learner.steps_per_task=null"]),
+    "o-lora-ca, official form": ("o-lora-ca", ["learner.targets=null",
+                                               "learner.steps_per_task=null"]),
+    # SLCA fine-tunes every weight: joint-lora's text units (every block's q, v, feed-forward and
+    # output layers, rank 8, scale 1.0; MiniLM's names, so the text presets only) under SLCA's
+    # code's SGD (momentum 0.9, lr 1e-2, the units at 1/100 of it, no clipping), 20 epochs of
+    # batch 128
+    "slca, official form": ("slca", [
+        "learner.targets=['.*(attention\\.self\\.(query|value)|intermediate\\.dense"
+        "|output\\.dense)']", "learner.rank=8", "learner.scale=1.0", "learner.optimizer=sgd",
+        "learner.lr=0.01", "learner.grad_clip=0", "learner.epochs=20", "learner.batch_size=128"]),
 }
 # baselines that retrieve a task and read that task's units: no one embedding for every input
 # (their Learner.embedding is None), so the head-swap control does not apply
@@ -149,10 +163,15 @@ def flat_overrides(section: dict, prefix: str = "") -> list[str]:
     return out
 
 
+def run_name(variant: str, seed: int) -> str:
+    """The directory name, under ``<runs>/<preset>/``, of ``variant``'s run at ``seed``."""
+    slug = variant.replace(" ", "").replace(",", "_").replace("(", "").replace(")", "")
+    return f"{slug}-s{seed}"
+
+
 def run_config(preset: str, variant: str, seed: int, runs_dir: str):
     """The config this script runs for ``variant`` on ``preset`` at ``seed``, or None where the
     baseline has no preset on that benchmark."""
-    slug = variant.replace(" ", "").replace(",", "_").replace("(", "").replace(")", "")
     if variant in BASELINES or variant in BASELINE_VARIANTS:
         base, changes = BASELINE_VARIANTS.get(variant, (variant, []))
         found = baseline_preset(base, preset)
@@ -162,7 +181,7 @@ def run_config(preset: str, variant: str, seed: int, runs_dir: str):
     else:
         path, overrides = PRESETS[preset], list(VARIANTS[variant])
     overrides += [f"seed={seed}", "progress=false", f"output_dir={runs_dir}/{preset}",
-                  f"name={slug}-s{seed}"]
+                  f"name={run_name(variant, seed)}"]
     return proteus.load_config(path, overrides)
 
 
@@ -694,21 +713,39 @@ def alignment_check(variants: dict, head_swap: dict | None = None) -> list[str]:
     lines = ["Classifier alignment against joint-lora, class-IL final on the seeds both ran; "
              "the bar is within 10 points:", ""]
     for name in ran:
-        # joint-lora often has more seeds than a variant run once: a gap between means over
-        # different seeds would mix the seed-to-seed spread into it
-        shared = sorted(set(variants[name]) & set(joint))
-        ours = _mean({s: variants[name][s] for s in shared} if shared else variants[name],
-                     "final_accuracy")
-        theirs = _mean({s: joint[s] for s in shared} if shared else joint, "final_accuracy")
-        gap = 100 * (ours - theirs)
-        where = (f"seed{'s' if len(shared) > 1 else ''} {', '.join(shared)}" if shared else
-                 f"no common seed: {name} {', '.join(sorted(variants[name]))}, joint-lora "
-                 f"{', '.join(sorted(joint))}")
-        lines.append(f"- {name}: {100 * ours:.2f} against {100 * theirs:.2f}, {gap:+.2f} points "
-                     f"({where}), " + ("within." if gap >= -10 else "**not within**."))
+        line, gap = _against_joint(name, variants[name], joint)
+        lines.append(f"- {name}: {line}.")
         if gap < -10:
             lines += stale_gaussian_line((head_swap or {}).get(name, {}), joint)
+        # the control for a preset's deviation from the authors' recipe (BASELINE_VARIANTS)
+        official = f"{name}, official form"
+        if variants.get(official):
+            line, gap = _against_joint(official, variants[official], joint)
+            swap = head_swap_cell({"_": head_swap or {}}, "_", official, sorted(variants[official]))
+            lines.append(f"  - Its official form (`{official}`: the authors' targets and budget "
+                         f"where this preset deviates from them): {line}"
+                         + ("." if swap == "—" else
+                            f"; head-swap ridge / NCM on its final features {swap}."))
+            if gap < -10:
+                lines += ["  " + diag for diag in
+                          stale_gaussian_line((head_swap or {}).get(official, {}), joint)]
     return [*lines, ""]
+
+
+def _against_joint(name: str, runs: dict, joint: dict) -> tuple[str, float]:
+    """"<ours> against <joint-lora's>, <gap> points (<seeds>), within" on the seeds both ran
+    (each one's mean where they share none), and the gap in points."""
+    # joint-lora often has more seeds than a variant run once: a gap between means over
+    # different seeds would mix the seed-to-seed spread into it
+    shared = sorted(set(runs) & set(joint))
+    ours = _mean({s: runs[s] for s in shared} if shared else runs, "final_accuracy")
+    theirs = _mean({s: joint[s] for s in shared} if shared else joint, "final_accuracy")
+    gap = 100 * (ours - theirs)
+    where = (f"seed{'s' if len(shared) > 1 else ''} {', '.join(shared)}" if shared else
+             f"no common seed: {name} {', '.join(sorted(runs))}, joint-lora "
+             f"{', '.join(sorted(joint))}")
+    return (f"{100 * ours:.2f} against {100 * theirs:.2f}, {gap:+.2f} points ({where}), "
+            + ("within" if gap >= -10 else "**not within**"), gap)
 
 
 def stale_gaussian_line(measured: dict, joint: dict) -> list[str]:

@@ -91,6 +91,26 @@ def test_baseline_tables_replace_only_their_block_and_check_alignment(tmp_path):
     assert "drifted by 3.50 within-class standard deviations" in diagnostic
     assert "gives 55.00 (own head 40.00), -5.00 points from joint-lora: stale Gaussians " \
         "account for the miss." in diagnostic
+    # a learner's official-form control (a BASELINE_VARIANTS row) is checked under it, with its
+    # own head-swap and diagnostic, and is not a row of the accuracy table
+    store["text"]["sd-lora-ca, official form"] = runs(0.52)
+    head_swap["text"]["sd-lora-ca, official form"] = {"1993": {
+        "ridge": 0.66, "ncm": 0.44, "own": 0.52, "ca_fresh": 0.53, "ca_drift": 0.2}}
+    results.write_baseline_tables(store, head_swap, page)
+    lines = page.read_text().splitlines()
+    at = lines.index("- sd-lora-ca: 40.00 against 60.00, -20.00 points (seed 1993), "
+                     "**not within**.")
+    assert lines[at + 2] == ("  - Its official form (`sd-lora-ca, official form`: the authors' "
+                             "targets and budget where this preset deviates from them): 52.00 "
+                             "against 60.00, -8.00 points (seed 1993), within; head-swap ridge "
+                             "/ NCM on its final features 66.00 / 44.00.")
+    assert not any(line.startswith("| sd-lora-ca, official form") for line in lines)
+    store["text"]["sd-lora-ca, official form"] = runs(0.45)
+    results.write_baseline_tables(store, head_swap, page)
+    lines = page.read_text().splitlines()
+    assert "-15.00 points (seed 1993), **not within**; head-swap" in lines[at + 2]
+    assert lines[at + 3].startswith("    - Diagnostic") and "gives 53.00 (own head 52.00), " \
+        "-7.00 points from joint-lora" in lines[at + 3]
     page.write_text("no block here\n")
     with pytest.raises(SystemExit, match="no generated block"):
         results.write_baseline_tables(store, head_swap, page)
@@ -302,6 +322,20 @@ def test_head_swap_on_a_finished_run_equals_training_it_again(tmp_path, monkeypa
                       "o-lora", "--seeds", "1990", "--store", str(tmp_path / "s.json"),
                       "--out", str(tmp_path / "s.md")]) == 0
     assert not (tmp_path / "s.json").exists()
+    # a baseline variant of results.py is found under the directory name results.py gives its
+    # run (not "<learner>-s<seed>"), and is stored under the variant's name, the key its row has
+    variant = "o-lora, CE over every seen class"
+    results = _load("results")
+    (tmp_path / "runs" / "vision").mkdir(parents=True)  # results.py's <runs>/<preset>/<run>
+    (tmp_path / "bench" / "o-lora-s1990").rename(tmp_path / "runs" / "vision" /
+                                                 results.run_name(variant, 1990))
+    args = ["--presets", "vision", "--learners", variant, "--seeds", "1990",
+            "--store", str(tmp_path / "s.json"), "--out", str(tmp_path / "s.md")]
+    assert swap.main(args) == 0  # without --runs a variant has no preset file: skipped
+    assert not (tmp_path / "s.json").exists()
+    assert swap.main(["--runs", str(tmp_path / "runs"), *args]) == 0
+    stored = json.loads((tmp_path / "s.json").read_text())["vision"][variant]["1990"]
+    assert stored["ridge"] == pytest.approx(saved["ridge"], abs=1e-9)
 
 
 def test_stale_gaussian_drift_is_zero_on_the_backbone_that_stored_them(tmp_path):
