@@ -90,7 +90,11 @@ def render(store: dict, criterion: float) -> list[str]:
             lines.append(f"| {name} | {100 * r['task_il_accuracy']:.2f} | "
                          f"{100 * r['final_accuracy']:.2f} |")
         joint = joint_rows(runs)
-        for name, r in joint.items():
+        # the units each adapted run trained, as the run recorded them: a preset whose units
+        # changed since keeps its earlier rows readable
+        trained = {**joint, **{n: r for n, r in runs.items() if n == "proteus" and
+                               r.get("options")}}
+        for name, r in trained.items():
             o = r.get("options", {})
             budget = (f"{o['steps_per_task']} steps per task" if o.get("steps_per_task")
                       else f"{o.get('epochs')} epochs")

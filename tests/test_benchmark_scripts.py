@@ -497,6 +497,11 @@ def test_adaptation_gap_verdicts():
     text = "\n".join(gap.render(store, 5.0))
     assert ("Units (proteus minus proteus with `train_adapters: false`): +0.50 class-IL, "
             "+4.00 task-IL; proteus minus lda: +3.00 class-IL.") in text
+    assert "proteus: rank" not in text  # a row that recorded no units names none
+    store["a.yaml@1"]["proteus"]["options"] = {"rank": 8, "scale": 1.0, "lr": 0.001,
+                                               "epochs": 4, "targets": ["q"]}
+    assert "proteus: rank 8, scale 1.0, lr 0.001, 4 epochs, targets `q`." in \
+        "\n".join(gap.render(store, 5.0))
     # the proteus rows are not frozen controls: the gap is still joint-lora against lda
     assert "Gap (joint-lora): +7.00 points" in text
     # another seed of the same preset without joint-lora: not a second candidate, and the
