@@ -748,6 +748,11 @@ def _against_joint(name: str, runs: dict, joint: dict) -> tuple[str, float]:
             + ("within" if gap >= -10 else "**not within**"), gap)
 
 
+# the share of a miss that fresh Gaussians must recover for the diagnostic to name stale
+# Gaussians as part of it, where they do not close the gap
+STALE_SHARE = 0.25
+
+
 def stale_gaussian_line(measured: dict, joint: dict) -> list[str]:
     """The variant's alignment re-run on Gaussians of its final features, against joint-lora
     on the seeds both have, and how far its stored class means drifted."""
@@ -764,6 +769,10 @@ def stale_gaussian_line(measured: dict, joint: dict) -> list[str]:
             f"from the final features gives {fresh:.2f} (own head {own:.2f}), "
             f"{fresh - theirs:+.2f} points from joint-lora: "
             + ("stale Gaussians account for the miss." if fresh - theirs >= -10 else
+               f"fresh Gaussians recover {fresh - own:.2f} of the {theirs - own:.2f} points by "
+               "which its own head misses joint-lora's, but "
+               "do not close the gap, so the rest of the miss is in the features."
+               if fresh - own >= STALE_SHARE * (theirs - own) else
                "fresh Gaussians do not close the gap, so the miss is in the features.")]
 
 
