@@ -109,10 +109,10 @@ BASELINE_VARIANTS = {
                                                  "learner.steps_per_task=null"]),
     "o-lora-ca, official form": ("o-lora-ca", ["learner.targets=null",
                                                "learner.steps_per_task=null"]),
-    # SLCA fine-tunes every weight: joint-lora's text units (every block's q, v, feed-forward and
-    # output layers, rank 8, scale 1.0; MiniLM's names, so the text presets only) under SLCA's
-    # code's SGD (momentum 0.9, lr 1e-2, the units at 1/100 of it, no clipping), 20 epochs of
-    # batch 128
+    # SLCA fine-tunes every weight: joint-lora's units on text-relations (every block's q, v,
+    # feed-forward and output layers, rank 8, scale 1.0; MiniLM's names, so the text presets
+    # only) under SLCA's code's SGD (momentum 0.9, lr 1e-2, the units at 1/100 of it, no
+    # clipping), 20 epochs of batch 128
     "slca, official form": ("slca", [
         "learner.targets=['.*(attention\\.self\\.(query|value)|intermediate\\.dense"
         "|output\\.dense)']", "learner.rank=8", "learner.scale=1.0", "learner.optimizer=sgd",
@@ -722,8 +722,8 @@ def alignment_check(variants: dict, head_swap: dict | None = None) -> list[str]:
         if variants.get(official):
             line, gap = _against_joint(official, variants[official], joint)
             swap = head_swap_cell({"_": head_swap or {}}, "_", official, sorted(variants[official]))
-            lines.append(f"  - Its official form (`{official}`: the authors' targets and budget "
-                         f"where this preset deviates from them): {line}"
+            lines.append(f"  - Its official form (`{official}`: the authors' recipe where "
+                         f"this preset deviates from it): {line}"
                          + ("." if swap == "—" else
                             f"; head-swap ridge / NCM on its final features {swap}."))
             if gap < -10:

@@ -101,7 +101,7 @@ def test_baseline_tables_replace_only_their_block_and_check_alignment(tmp_path):
     at = lines.index("- sd-lora-ca: 40.00 against 60.00, -20.00 points (seed 1993), "
                      "**not within**.")
     assert lines[at + 2] == ("  - Its official form (`sd-lora-ca, official form`: the authors' "
-                             "targets and budget where this preset deviates from them): 52.00 "
+                             "recipe where this preset deviates from it): 52.00 "
                              "against 60.00, -8.00 points (seed 1993), within; head-swap ridge "
                              "/ NCM on its final features 66.00 / 44.00.")
     assert not any(line.startswith("| sd-lora-ca, official form") for line in lines)
