@@ -63,7 +63,7 @@ from proteus.learners.simplecil import cosine_scores  # noqa: E402
 from proteus.model import load_model  # noqa: E402
 from proteus.registry import ConfigError  # noqa: E402
 from proteus.storage import write_json_atomic, write_text_atomic  # noqa: E402
-from results import BASELINE_VARIANTS, run_name  # noqa: E402
+from results import run_name  # noqa: E402
 
 LEARNERS = ["seq-lora", "o-lora", "inflora", "sd-lora", "joint-lora"]
 
@@ -243,10 +243,6 @@ def main(argv: list[str] | None = None) -> int:
                         console.print(f"{run_dir}: no finished run with a saved model, skipped")
                         continue
                     result = measure_saved(run_dir)
-                elif learner in BASELINE_VARIANTS:
-                    console.print(f"{learner}: a variant of benchmarks/results.py; measure its "
-                                  "finished runs with --runs, skipped")
-                    continue
                 else:
                     path = ROOT / f"configs/offline/baselines/{learner}-{preset}.yaml"
                     if not path.is_file():
