@@ -214,7 +214,7 @@ TUNING = {"vision": ["tuning/proteus-vision-reg-covar.json",
                      "tuning/proteus-vision-signature-stages.json",
                      "tuning/proteus-vision-units.json"],
           "text": ["tuning/proteus-text-reg-covar.json", "tuning/proteus-text-units.json",
-                   "tuning/proteus-text-epochs.json"]}
+                   "tuning/proteus-text-epochs.json", "tuning/proteus-text-every-linear.json"]}
 
 
 def point_label(row: dict) -> str:
