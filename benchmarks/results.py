@@ -91,10 +91,10 @@ BASELINES = ["simplecil", "ranpac", "seq-lora", "joint-lora", "o-lora", "inflora
 NO_UNITS = "proteus, no low-rank units (frozen backbone)"
 # the analytic controls on frozen features that PROTEUS's own parts must beat
 CONTROLS = ["lda", "lda, embedding only", "fecam", "aper", "ranpac", "simplecil"]
-# diagnostic variants of a baseline: (baseline, overrides on top of its preset)
 # a LoRA baseline's own defaults where its text preset narrows them for the CPU budget: the
 # authors' targets (unset: the learner's default) and epochs (no step budget)
 OFFICIAL_FORM = ["learner.targets=null", "learner.steps_per_task=null"]
+# diagnostic variants of a baseline: (baseline, overrides on top of its preset)
 BASELINE_VARIANTS = {
     "o-lora, CE over every seen class": ("o-lora", ["learner.head_loss=seen"]),
     "lda, embedding only": ("lda", ["learner.signature_stages=[]"]),
