@@ -94,6 +94,9 @@ CONTROLS = ["lda", "lda, embedding only", "fecam", "aper", "ranpac", "simplecil"
 # a LoRA baseline's own defaults where its text preset narrows them for the CPU budget: the
 # authors' targets (unset: the learner's default) and epochs (no step budget)
 OFFICIAL_FORM = ["learner.targets=null", "learner.steps_per_task=null"]
+# InfLoRA's former text recipe: units on the last two of MiniLM's six blocks, 70 steps a task
+TEXT_RECIPE = ["learner.targets=['.*layer\\.(4|5)\\.attention\\.self\\.(key|value)']",
+               "learner.steps_per_task=70"]
 # diagnostic variants of a baseline: (baseline, overrides on top of its preset)
 BASELINE_VARIANTS = {
     "o-lora, CE over every seen class": ("o-lora", ["learner.head_loss=seen"]),
@@ -102,11 +105,14 @@ BASELINE_VARIANTS = {
     # for benchmarks/diagnose_sd_lora.py)
     "sd-lora-ca, magnitudes carried over": ("sd-lora-ca", ["learner.magnitude_sharing=per-layer",
                                                             "learner.magnitude_init=null"]),
-    # InfLoRA's official form where its text preset deviates for the CPU budget: units on every
-    # block's k, v and the authors' 20 epochs (the diagnostic of its gap to joint-lora)
-    "inflora-ca, official form": ("inflora-ca", OFFICIAL_FORM),
-    # the same control for SD-LoRA (every block's q, v; 20 epochs) and O-LoRA (every block's
-    # q, v; one epoch, at the text presets' batch 128)
+    # InfLoRA's text presets run its official form (every block's k, v, the authors' 20
+    # epochs); this is the CPU-budget recipe they ran before, kept as the control of that
+    # deviation (MiniLM's names, so the text presets only)
+    "inflora-ca, text recipe": ("inflora-ca", TEXT_RECIPE),
+    "inflora, text recipe": ("inflora", TEXT_RECIPE),
+    # the official form where a text preset still deviates for the CPU budget, for SD-LoRA
+    # (every block's q, v; 20 epochs) and O-LoRA (every block's q, v; one epoch, at the text
+    # presets' batch 128)
     "sd-lora-ca, official form": ("sd-lora-ca", OFFICIAL_FORM),
     "o-lora-ca, official form": ("o-lora-ca", OFFICIAL_FORM),
     # SLCA fine-tunes every weight: joint-lora's units on text-relations (every block's q, v,
@@ -207,6 +213,29 @@ def adopt(store: dict, preset: str, variant: str, run_dir: Path) -> str:
     summary["config_sha"] = config_fingerprint(results["config"])
     store.setdefault(preset, {}).setdefault(variant, {})[str(seed)] = summary
     return str(seed)
+
+
+def relabel(store: dict, head_swap: dict, preset: str, source: str, target: str) -> list[str]:
+    """Move every stored row of ``source`` on ``preset`` (and its head-swap rows) to ``target``,
+    where each ran at the config ``target`` resolves to now: after a preset takes a variant's
+    recipe as its default, the variant's runs are the default's, and the default's former rows
+    become the variant that keeps the old recipe. Checks every row before moving any; returns
+    the moved seeds."""
+    rows = store.get(preset, {}).get(source)
+    if not rows:
+        raise SystemExit(f"--relabel: no stored rows of {source} on {preset}")
+    for seed, row in sorted(rows.items()):
+        config = run_config(preset, target, int(seed), "runs/bench")
+        if config is None:
+            raise SystemExit(f"--relabel: {target} has no preset on {preset}")
+        if row.get("config_sha") != config.fingerprint():
+            raise SystemExit(f"--relabel {preset} {source} -> {target}: seed {seed}'s row ran at "
+                             f"a config that is not {target}'s now; nothing moved")
+    for rows_of in (store, head_swap):
+        moved = rows_of.get(preset, {}).pop(source, None)
+        if moved:
+            rows_of[preset].setdefault(target, {}).update(moved)
+    return sorted(rows)
 
 
 # validation tunings of the default's signature settings (benchmarks/tune.py), per preset
@@ -675,11 +704,17 @@ def budget_table(preset: str, docs: Path = ROOT / "docs") -> list[str]:
         aligned = baseline_preset(f"{name}-ca", preset) if f"{name}-ca" in BASELINES else None
         if not tuned and aligned and not overrides:
             # the learner trains exactly as its classifier-aligned variant, which changes only
-            # the head after training, so that variant's budget record holds for it too
-            for _, record in records.get(str(aligned[0].relative_to(ROOT)), []):
+            # the head after training, so that variant's budget records hold for it too (a
+            # record a later one superseded there is superseded here alike)
+            theirs = records.get(str(aligned[0].relative_to(ROOT)), [])
+            flags = []
+            for _, record in theirs:
+                unexplained, _ = disagreement(record, resolved, theirs)
+                if unexplained:
+                    flags.append(_disagreement_suffix(record, resolved, unexplained, []))
+            if theirs:
                 tuned.append(f"trains as `{name}-ca` (alignment changes only the head after "
-                             "training): that row's records hold"
-                             + disagreement_text(record, resolved))
+                             "training): that row's records hold" + "".join(flags))
         if name == "aper" and not tuned and not overrides and same_units(resolved, preset):
             # the adaptive control adapts PROTEUS's own units, so their records are its records
             own_records = records.get(str(PRESETS[preset].relative_to(ROOT)))
@@ -724,19 +759,28 @@ def alignment_check(variants: dict, head_swap: dict | None = None) -> list[str]:
         lines.append(f"- {name}: {line}.")
         if gap < -ALIGN_BAR:
             lines += stale_gaussian_line((head_swap or {}).get(name, {}), joint)
-        # the control for a preset's deviation from the authors' recipe (BASELINE_VARIANTS)
-        official = f"{name}, official form"
-        if variants.get(official):
-            line, gap = _against_joint(official, variants[official], joint)
-            swap = swap_cell((head_swap or {}).get(official, {}), sorted(variants[official]))
-            lines.append(f"  - Its official form (`{official}`: the authors' recipe where "
-                         f"this preset deviates from it): {line}"
+        # the control for a preset's deviation from the authors' recipe, either way round
+        # (BASELINE_VARIANTS)
+        for suffix, what in CONTROL_FORMS:
+            control = f"{name}, {suffix}"
+            if not variants.get(control):
+                continue
+            line, gap = _against_joint(control, variants[control], joint)
+            swap = swap_cell((head_swap or {}).get(control, {}), sorted(variants[control]))
+            lines.append(f"  - Its {suffix} (`{control}`: {what}): {line}"
                          + (f"; head-swap ridge / NCM on its final features {swap}." if swap
                             else "."))
             if gap < -ALIGN_BAR:
                 lines += ["  " + diag for diag in
-                          stale_gaussian_line((head_swap or {}).get(official, {}), joint)]
+                          stale_gaussian_line((head_swap or {}).get(control, {}), joint)]
     return [*lines, ""]
+
+
+# a learner's variant that is the control of its preset's recipe: the authors' form where the
+# preset deviates from it, or the CPU-budget recipe a preset ran before it took the authors'
+CONTROL_FORMS = [("official form", "the authors' recipe where this preset deviates from it"),
+                 ("text recipe", ("the CPU-budget recipe this preset ran before it took "
+                                  "the authors'"))]
 
 
 def _against_joint(name: str, runs: dict, joint: dict) -> tuple[str, float]:
@@ -927,6 +971,11 @@ def main(argv: list[str] | None = None) -> int:
                         metavar=("PRESET", "VARIANT", "RUN_DIR"),
                         help="store a finished run as VARIANT on PRESET (its config must be the "
                              "one this script would run), run nothing else; repeatable")
+    parser.add_argument("--relabel", nargs=3, action="append",
+                        metavar=("PRESET", "FROM", "TO"),
+                        help="move FROM's stored rows on PRESET (and their head-swap rows) to "
+                             "TO, each only if it ran at TO's config now; run nothing else; "
+                             "repeatable, in order")
     parser.add_argument("--render-only", action="store_true",
                         help="rebuild the markdown table and plots from --store, run nothing")
     args = parser.parse_args(argv)
@@ -941,7 +990,16 @@ def main(argv: list[str] | None = None) -> int:
         seed = adopt(store, preset, variant, Path(run_dir))
         write_json_atomic(args.store, store)
         console.print(f"adopted {run_dir} as {variant} on {preset}, seed {seed}")
-    for preset in [] if args.render_only or args.adopt else args.presets:
+    head_swap = load_json(args.head_swap)
+    for preset, source, target in args.relabel or []:
+        # FROM may be a variant this script no longer runs (its recipe became the default)
+        if preset not in PRESETS or target not in known:
+            parser.error(f"--relabel {preset} {source} {target}: unknown preset or variant")
+        seeds = relabel(store, head_swap, preset, source, target)
+        write_json_atomic(args.store, store)
+        write_json_atomic(args.head_swap, head_swap)
+        console.print(f"moved {source} on {preset} to {target}, seeds {', '.join(seeds)}")
+    for preset in [] if args.render_only or args.adopt or args.relabel else args.presets:
         for variant in args.variants:
             for seed in args.seeds:
                 config = run_config(preset, variant, seed, args.runs_dir)

@@ -128,6 +128,8 @@ def tune(preset: Path, points: list[dict[str, str]], seeds: list[int], val_fract
 
 def shown(value) -> str:
     """A resolved value as a point would spell it (a list in YAML flow, as typed)."""
+    if value is None:
+        return "null"
     if isinstance(value, list):
         return "[" + ", ".join(f"'{v}'" if isinstance(v, str) else shown(v) for v in value) + "]"
     return str(value)

@@ -118,6 +118,17 @@ def test_baseline_tables_replace_only_their_block_and_check_alignment(tmp_path):
         "gives 48.00 (own head 40.00), -12.00 points from joint-lora: fresh Gaussians recover "
         "8.00 of the 20.00 points by which its own head misses joint-lora's, but do not close "
         "the gap, so the rest of the miss is in the features.")
+    # the other way round: a preset that took the authors' form keeps its former recipe as
+    # the control, checked under the learner alike
+    store["text"]["inflora-ca, text recipe"] = runs(0.47)
+    results.write_baseline_tables(store, head_swap, page)
+    lines = page.read_text().splitlines()
+    at = lines.index("- inflora-ca: 56.00 against 61.00, -5.00 points (seeds 1993, 1994), "
+                     "within.")
+    assert lines[at + 1] == ("  - Its text recipe (`inflora-ca, text recipe`: the CPU-budget "
+                             "recipe this preset ran before it took the authors'): 47.00 "
+                             "against 60.00, -13.00 points (seed 1993), **not within**.")
+    assert not any(line.startswith("| inflora-ca, text recipe") for line in lines)
     page.write_text("no block here\n")
     with pytest.raises(SystemExit, match="no generated block"):
         results.write_baseline_tables(store, head_swap, page)
@@ -435,10 +446,10 @@ def test_tuning_explicit_points_keep_the_preset_where_they_are_silent(tmp_path, 
     assert result["points"][0]["resolved"]["learner.lambdas"] is None  # ranpac's default
     table = out.with_suffix(".md").read_text()
     assert "2 points over learner.proj_dim, learner.lambdas" in table
-    assert "| <i>64</i> | <i>None</i> |" in table  # the preset's point: its values then, marked
+    assert "| <i>64</i> | <i>null</i> |" in table  # the preset's point: its values then, marked
     results = _load("results")
     assert (results.point_label(result["points"][0])
-            == "the preset's then (proj_dim 64, lambdas None)")
+            == "the preset's then (proj_dim 64, lambdas null)")
     assert results.point_label({"point": {}}) == "the preset's"  # an older record
     with pytest.raises(SystemExit):
         tune.parse_point("learner.proj_dim")
@@ -759,7 +770,70 @@ def test_budget_table_reads_the_tuning_records_and_flags_a_preset_that_ignores_i
     # ... but a file that changes the learner does not: aper's paired preset has no records,
     # and neither have the units it adapts there
     assert "its base" not in paired["aper"] and "not tuned on validation, as" in paired["aper"]
+    # a learner that trains as its aligned variant takes that variant's records as a whole:
+    # sd-lora-ca's record that chose 140, superseded by a later one that tried 140 and chose
+    # the preset's 70, is flagged under neither, and the records' note appears once
+    (tmp_path / "tuning/g.json").write_text(json.dumps(
+        record("configs/offline/baselines/sd-lora-ca-text.yaml", "70", ("140", "70"))))
+    rows = {line.split(" | ")[0].strip("| "): line
+            for line in results.budget_table("text", docs=tmp_path) if line.startswith("| ")}
+    assert "since superseded: learner.steps_per_task=70 chosen over 140 in [g]" \
+        in rows["sd-lora-ca"] and "does not run" not in rows["sd-lora-ca"]
+    assert rows["sd-lora"].count("trains as `sd-lora-ca`") == 1
+    assert "does not run" not in rows["sd-lora"]
+    assert results.shown(None) == "null"  # a key set back to the learner's default
     # a broken record is named, not a bare JSON traceback
     (tmp_path / "tuning/d.json").write_text("{broken")
     with pytest.raises(SystemExit, match=r"d\.json: not a valid tuning record"):
         results.budget_table("text", docs=tmp_path)
+
+
+def test_relabel_moves_rows_only_where_they_ran_at_the_target_config(tmp_path, monkeypatch):
+    """When a preset takes a variant's recipe as its default, the variant's rows become the
+    default's and the former default's rows the variant that keeps the old recipe; a row that
+    ran at another config stops the move before anything moves."""
+    results = _load("results")
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "configs/offline/baselines").mkdir(parents=True)
+    (tmp_path / "tiny.yaml").write_text(yaml.safe_dump(tiny_config_dict(tmp_path / "runs")))
+    preset = tmp_path / "configs/offline/baselines/ranpac-tiny.yaml"
+
+    def set_preset(proj_dim):
+        preset.write_text(yaml.safe_dump({"base": "../../../tiny.yaml",
+                                          "learner": {"name": "ranpac", "proj_dim": proj_dim}}))
+
+    monkeypatch.setattr(results, "ROOT", tmp_path)
+    monkeypatch.setattr(results, "PRESETS", {"tiny": tmp_path / "tiny.yaml"})
+    monkeypatch.setattr(results, "BASELINES", ["ranpac"])
+    monkeypatch.setattr(results, "BASELINE_VARIANTS", {
+        "ranpac, wide": ("ranpac", ["learner.proj_dim=64"]),
+        "ranpac, narrow": ("ranpac", ["learner.proj_dim=32"])})
+
+    def row(variant, seed, final):
+        sha = results.run_config("tiny", variant, seed, "runs/bench").fingerprint()
+        return {"final_accuracy": final, "config_sha": sha}
+
+    set_preset(32)
+    store = {"tiny": {"ranpac": {"1990": row("ranpac", 1990, 0.5),
+                                 "1991": row("ranpac", 1991, 0.6)},
+                      "ranpac, wide": {"1990": row("ranpac, wide", 1990, 0.7)}}}
+    head_swap = {"tiny": {"ranpac": {"1990": {"ridge": 0.4}},
+                          "ranpac, wide": {"1990": {"ridge": 0.8}}}}
+    set_preset(64)  # the wide recipe becomes the default
+    before = json.loads(json.dumps(store))
+    # the default's rows ran at 32, not at the wide recipe: refused, nothing moved
+    with pytest.raises(SystemExit, match="seed 1990's row ran at a config"):
+        results.relabel(store, head_swap, "tiny", "ranpac", "ranpac, wide")
+    assert store == before
+
+    assert results.relabel(store, head_swap, "tiny", "ranpac", "ranpac, narrow") == [
+        "1990", "1991"]
+    assert results.relabel(store, head_swap, "tiny", "ranpac, wide", "ranpac") == ["1990"]
+    assert store["tiny"]["ranpac"] == {"1990": before["tiny"]["ranpac, wide"]["1990"]}
+    assert store["tiny"]["ranpac, narrow"] == before["tiny"]["ranpac"]
+    assert "ranpac, wide" not in store["tiny"]
+    assert head_swap["tiny"] == {"ranpac": {"1990": {"ridge": 0.8}},
+                                 "ranpac, narrow": {"1990": {"ridge": 0.4}}}
+    assert results.stale_rows(store) == ([], 0)
+    with pytest.raises(SystemExit, match="no stored rows of ranpac, wide"):
+        results.relabel(store, head_swap, "tiny", "ranpac, wide", "ranpac")
