@@ -97,6 +97,10 @@ OFFICIAL_FORM = ["learner.targets=null", "learner.steps_per_task=null"]
 # InfLoRA's former text recipe: units on the last two of MiniLM's six blocks, 70 steps a task
 TEXT_RECIPE = ["learner.targets=['.*layer\\.(4|5)\\.attention\\.self\\.(key|value)']",
                "learner.steps_per_task=70"]
+# O-LoRA's former text recipe: the last two blocks' q, v, 35 steps a task
+O_LORA_TEXT_RECIPE = [
+    "learner.targets=['.*layer\\.(4|5)\\.attention\\.self\\.(query|value)']",
+    "learner.steps_per_task=35"]
 # diagnostic variants of a baseline: (baseline, overrides on top of its preset)
 BASELINE_VARIANTS = {
     "o-lora, CE over every seen class": ("o-lora", ["learner.head_loss=seen"]),
@@ -105,16 +109,17 @@ BASELINE_VARIANTS = {
     # for benchmarks/diagnose_sd_lora.py)
     "sd-lora-ca, magnitudes carried over": ("sd-lora-ca", ["learner.magnitude_sharing=per-layer",
                                                             "learner.magnitude_init=null"]),
-    # InfLoRA's text presets run its official form (every block's k, v, the authors' 20
-    # epochs); this is the CPU-budget recipe they ran before, kept as the control of that
-    # deviation (MiniLM's names, so the text presets only)
+    # InfLoRA's and O-LoRA's text presets run their official forms (every block's k, v and
+    # the authors' 20 epochs; every block's q, v and the authors' one epoch); these are the
+    # CPU-budget recipes they ran before, kept as the control of that deviation (MiniLM's
+    # names, so the text presets only)
     "inflora-ca, text recipe": ("inflora-ca", TEXT_RECIPE),
     "inflora, text recipe": ("inflora", TEXT_RECIPE),
+    "o-lora-ca, text recipe": ("o-lora-ca", O_LORA_TEXT_RECIPE),
+    "o-lora, text recipe": ("o-lora", O_LORA_TEXT_RECIPE),
     # the official form where a text preset still deviates for the CPU budget, for SD-LoRA
-    # (every block's q, v; 20 epochs) and O-LoRA (every block's q, v; one epoch, at the text
-    # presets' batch 128)
+    # (every block's q, v; 20 epochs)
     "sd-lora-ca, official form": ("sd-lora-ca", OFFICIAL_FORM),
-    "o-lora-ca, official form": ("o-lora-ca", OFFICIAL_FORM),
     # SLCA fine-tunes every weight: joint-lora's units on text-relations (every block's q, v,
     # feed-forward and output layers, rank 8, scale 1.0; MiniLM's names, so the text presets
     # only) under SLCA's code's SGD (momentum 0.9, lr 1e-2, the units at 1/100 of it, no
@@ -567,7 +572,8 @@ def budget_of(learner: dict) -> str:
     """A learner's training budget as its resolved config states it."""
     if learner.get("steps_per_task") is not None:
         return f"{learner['steps_per_task']} steps of batch {learner['batch_size']} a task"
-    return f"{learner['epochs']} epochs of batch {learner['batch_size']}"
+    epochs = learner["epochs"]
+    return f"{epochs} epoch{'' if epochs == 1 else 's'} of batch {learner['batch_size']}"
 
 
 def yaml_value(text: str):

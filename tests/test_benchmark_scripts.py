@@ -57,6 +57,10 @@ def test_baseline_tables_replace_only_their_block_and_check_alignment(tmp_path):
         return {str(1993 + i): {"final_accuracy": f, "task_il_accuracy": 0.9,
                                 "average_forgetting": 0.1} for i, f in enumerate(finals)}
 
+    def rebuilt() -> list[str]:  # the page's lines after the block is written again
+        results.write_baseline_tables(store, head_swap, page)
+        return page.read_text().splitlines()
+
     store = {"text": {"joint-lora": runs(0.60, 0.62), "inflora-ca": runs(0.55, 0.57),
                       "sd-lora-ca": runs(0.40), "simplecil": runs(0.5)}}
     # inflora-ca: one of its two seeds head-swapped; simplecil: a head-swap seed (1994) the row
@@ -96,8 +100,7 @@ def test_baseline_tables_replace_only_their_block_and_check_alignment(tmp_path):
     store["text"]["sd-lora-ca, official form"] = runs(0.52)
     head_swap["text"]["sd-lora-ca, official form"] = {"1993": {
         "ridge": 0.66, "ncm": 0.44, "own": 0.52, "ca_fresh": 0.53, "ca_drift": 0.2}}
-    results.write_baseline_tables(store, head_swap, page)
-    lines = page.read_text().splitlines()
+    lines = rebuilt()
     at = lines.index("- sd-lora-ca: 40.00 against 60.00, -20.00 points (seed 1993), "
                      "**not within**.")
     assert lines[at + 2] == ("  - Its official form (`sd-lora-ca, official form`: the authors' "
@@ -106,23 +109,20 @@ def test_baseline_tables_replace_only_their_block_and_check_alignment(tmp_path):
                              "/ NCM on its final features 66.00 / 44.00.")
     assert not any(line.startswith("| sd-lora-ca, official form") for line in lines)
     store["text"]["sd-lora-ca, official form"] = runs(0.45)
-    results.write_baseline_tables(store, head_swap, page)
-    lines = page.read_text().splitlines()
+    lines = rebuilt()
     assert "-15.00 points (seed 1993), **not within**; head-swap" in lines[at + 2]
     assert lines[at + 3].startswith("    - Diagnostic") and "gives 53.00 (own head 52.00), " \
         "-7.00 points from joint-lora" in lines[at + 3]
     # fresh Gaussians that recover much of a miss they do not close: both parts are named
     head_swap["text"]["sd-lora-ca, official form"]["1993"].update(own=0.40, ca_fresh=0.48)
-    results.write_baseline_tables(store, head_swap, page)
-    assert page.read_text().splitlines()[at + 3].endswith(
+    assert rebuilt()[at + 3].endswith(
         "gives 48.00 (own head 40.00), -12.00 points from joint-lora: fresh Gaussians recover "
         "8.00 of the 20.00 points by which its own head misses joint-lora's, but do not close "
         "the gap, so the rest of the miss is in the features.")
     # the other way round: a preset that took the authors' form keeps its former recipe as
     # the control, checked under the learner alike
     store["text"]["inflora-ca, text recipe"] = runs(0.47)
-    results.write_baseline_tables(store, head_swap, page)
-    lines = page.read_text().splitlines()
+    lines = rebuilt()
     at = lines.index("- inflora-ca: 56.00 against 61.00, -5.00 points (seeds 1993, 1994), "
                      "within.")
     assert lines[at + 1] == ("  - Its text recipe (`inflora-ca, text recipe`: the CPU-budget "
@@ -664,9 +664,10 @@ def test_budget_table_reads_the_tuning_records_and_flags_a_preset_that_ignores_i
                 "points": [{"point": {"learner.steps_per_task": v},
                             "val_mean": 0.59 if v == chosen else 0.57} for v in grid]}
 
-    # o-lora-ca's text preset runs 35 steps: a record that chose 35 agrees with it
+    # o-lora-ca's text preset runs its authors' one epoch (no step budget): a record that
+    # chose an unset budget over 35 steps agrees with it
     (tmp_path / "tuning/a.json").write_text(json.dumps(
-        record("configs/offline/baselines/o-lora-ca-text.yaml", "35")))
+        record("configs/offline/baselines/o-lora-ca-text.yaml", "null", ("35", "null"))))
     # ... and sd-lora-ca's runs 70: one that chose 140 does not, which the table must say
     (tmp_path / "tuning/b.json").write_text(json.dumps(
         record("configs/offline/baselines/sd-lora-ca-text.yaml", "140", ("70", "140"))))
@@ -686,8 +687,8 @@ def test_budget_table_reads_the_tuning_records_and_flags_a_preset_that_ignores_i
         "points": [{"point": {"learner.targets": regex}, "val_mean": 0.6}]}))
     rows = {line.split(" | ")[0].strip("| "): line
             for line in results.budget_table("text", docs=tmp_path) if line.startswith("| ")}
-    assert "35 steps of batch 128 a task" in rows["o-lora-ca"]
-    assert "steps_per_task 35: 59.00 (chosen); steps_per_task 70: 57.00" in rows["o-lora-ca"]
+    assert "| 1 epoch of batch 128 |" in rows["o-lora-ca"]
+    assert "steps_per_task 35: 57.00; steps_per_task null: 59.00 (chosen)" in rows["o-lora-ca"]
     assert "does not run" not in rows["o-lora-ca"]
     assert "70 steps of batch 128 a task" in rows["sd-lora-ca"]
     assert ("the preset does not run the chosen point** (learner.steps_per_task=140)"
@@ -748,13 +749,15 @@ def test_budget_table_reads_the_tuning_records_and_flags_a_preset_that_ignores_i
     assert results.disagreement_text({"chosen": {"learner.signature.reg_covar": "1e-6"}},
                                      {"learner": {"signature": {"reg_covar": 1e-6}}}) == ""
     # a derived preset runs its parent's files on other data: their records do not apply
+    (tmp_path / "tuning/f.json").write_text(json.dumps(
+        record("configs/offline/baselines/coda-prompt-text.yaml", "35")))
     large = {line.split(" | ")[0].strip("| "): line
              for line in results.budget_table("text-large", docs=tmp_path)
              if line.startswith("| ")}
-    # (o-lora-ca has no text-large preset of its own; l2p has, and is not the text row)
+    # (coda-prompt has no text-large preset of its own; l2p has, and is not the text row)
     assert "l2p-text-large.yaml" in large["l2p"] and "as on `text`" not in large["l2p"]
-    assert "not tuned on this preset's data" in large["o-lora-ca"]
-    assert "59.00" not in large["o-lora-ca"]
+    assert "not tuned on this preset's data" in large["coda-prompt"]
+    assert "59.00" not in large["coda-prompt"]
     # a preset file that only places another preset's recipe on another class order (the
     # paired joint-lora) inherits that preset's records, and says where they come from
     (tmp_path / "tuning/f.json").write_text(json.dumps({
