@@ -91,16 +91,13 @@ BASELINES = ["simplecil", "ranpac", "seq-lora", "joint-lora", "o-lora", "inflora
 NO_UNITS = "proteus, no low-rank units (frozen backbone)"
 # the analytic controls on frozen features that PROTEUS's own parts must beat
 CONTROLS = ["lda", "lda, embedding only", "fecam", "aper", "ranpac", "simplecil"]
-# a LoRA baseline's own defaults where its text preset narrows them for the CPU budget: the
-# authors' targets (unset: the learner's default) and epochs (no step budget)
-OFFICIAL_FORM = ["learner.targets=null", "learner.steps_per_task=null"]
 # InfLoRA's former text recipe: units on the last two of MiniLM's six blocks, 70 steps a task
 TEXT_RECIPE = ["learner.targets=['.*layer\\.(4|5)\\.attention\\.self\\.(key|value)']",
                "learner.steps_per_task=70"]
-# O-LoRA's former text recipe: the last two blocks' q, v, 35 steps a task
-O_LORA_TEXT_RECIPE = [
-    "learner.targets=['.*layer\\.(4|5)\\.attention\\.self\\.(query|value)']",
-    "learner.steps_per_task=35"]
+# O-LoRA's and SD-LoRA's former text recipes: the last two blocks' q, v, 35 and 70 steps a task
+QV_LAST_TWO = "learner.targets=['.*layer\\.(4|5)\\.attention\\.self\\.(query|value)']"
+O_LORA_TEXT_RECIPE = [QV_LAST_TWO, "learner.steps_per_task=35"]
+SD_LORA_TEXT_RECIPE = [QV_LAST_TWO, "learner.steps_per_task=70"]
 # diagnostic variants of a baseline: (baseline, overrides on top of its preset)
 BASELINE_VARIANTS = {
     "o-lora, CE over every seen class": ("o-lora", ["learner.head_loss=seen"]),
@@ -109,17 +106,16 @@ BASELINE_VARIANTS = {
     # for benchmarks/diagnose_sd_lora.py)
     "sd-lora-ca, magnitudes carried over": ("sd-lora-ca", ["learner.magnitude_sharing=per-layer",
                                                             "learner.magnitude_init=null"]),
-    # InfLoRA's and O-LoRA's text presets run their official forms (every block's k, v and
-    # the authors' 20 epochs; every block's q, v and the authors' one epoch); these are the
-    # CPU-budget recipes they ran before, kept as the control of that deviation (MiniLM's
-    # names, so the text presets only)
+    # InfLoRA's, O-LoRA's and SD-LoRA's text presets run their official forms (every block's
+    # k, v and the authors' 20 epochs; every block's q, v and one epoch; every block's q, v and
+    # 20 epochs); these are the CPU-budget recipes they ran before, kept as the control of that
+    # deviation (MiniLM's names, so the text presets only)
     "inflora-ca, text recipe": ("inflora-ca", TEXT_RECIPE),
     "inflora, text recipe": ("inflora", TEXT_RECIPE),
     "o-lora-ca, text recipe": ("o-lora-ca", O_LORA_TEXT_RECIPE),
     "o-lora, text recipe": ("o-lora", O_LORA_TEXT_RECIPE),
-    # the official form where a text preset still deviates for the CPU budget, for SD-LoRA
-    # (every block's q, v; 20 epochs)
-    "sd-lora-ca, official form": ("sd-lora-ca", OFFICIAL_FORM),
+    "sd-lora-ca, text recipe": ("sd-lora-ca", SD_LORA_TEXT_RECIPE),
+    "sd-lora, text recipe": ("sd-lora", SD_LORA_TEXT_RECIPE),
     # SLCA fine-tunes every weight: joint-lora's units on text-relations (every block's q, v,
     # feed-forward and output layers, rank 8, scale 1.0; MiniLM's names, so the text presets
     # only) under SLCA's code's SGD (momentum 0.9, lr 1e-2, the units at 1/100 of it, no

@@ -668,7 +668,8 @@ def test_budget_table_reads_the_tuning_records_and_flags_a_preset_that_ignores_i
     # chose an unset budget over 35 steps agrees with it
     (tmp_path / "tuning/a.json").write_text(json.dumps(
         record("configs/offline/baselines/o-lora-ca-text.yaml", "null", ("35", "null"))))
-    # ... and sd-lora-ca's runs 70: one that chose 140 does not, which the table must say
+    # ... and sd-lora-ca's runs its authors' 20 epochs: one that chose 140 steps does not,
+    # which the table must say
     (tmp_path / "tuning/b.json").write_text(json.dumps(
         record("configs/offline/baselines/sd-lora-ca-text.yaml", "140", ("70", "140"))))
     (tmp_path / "tuning/rerank.json").write_text(json.dumps({"purpose": "no preset"}))
@@ -690,7 +691,7 @@ def test_budget_table_reads_the_tuning_records_and_flags_a_preset_that_ignores_i
     assert "| 1 epoch of batch 128 |" in rows["o-lora-ca"]
     assert "steps_per_task 35: 57.00; steps_per_task null: 59.00 (chosen)" in rows["o-lora-ca"]
     assert "does not run" not in rows["o-lora-ca"]
-    assert "70 steps of batch 128 a task" in rows["sd-lora-ca"]
+    assert "| 20 epochs of batch 128 |" in rows["sd-lora-ca"]
     assert ("the preset does not run the chosen point** (learner.steps_per_task=140)"
             in rows["sd-lora-ca"])
     assert "not tuned on validation" in rows["inflora-ca"]
@@ -775,12 +776,13 @@ def test_budget_table_reads_the_tuning_records_and_flags_a_preset_that_ignores_i
     assert "its base" not in paired["aper"] and "not tuned on validation, as" in paired["aper"]
     # a learner that trains as its aligned variant takes that variant's records as a whole:
     # sd-lora-ca's record that chose 140, superseded by a later one that tried 140 and chose
-    # the preset's 70, is flagged under neither, and the records' note appears once
+    # the preset's unset budget (the authors' epochs), is flagged under neither, and the
+    # records' note appears once
     (tmp_path / "tuning/g.json").write_text(json.dumps(
-        record("configs/offline/baselines/sd-lora-ca-text.yaml", "70", ("140", "70"))))
+        record("configs/offline/baselines/sd-lora-ca-text.yaml", "null", ("140", "null"))))
     rows = {line.split(" | ")[0].strip("| "): line
             for line in results.budget_table("text", docs=tmp_path) if line.startswith("| ")}
-    assert "since superseded: learner.steps_per_task=70 chosen over 140 in [g]" \
+    assert "since superseded: learner.steps_per_task=null chosen over 140 in [g]" \
         in rows["sd-lora-ca"] and "does not run" not in rows["sd-lora-ca"]
     assert rows["sd-lora"].count("trains as `sd-lora-ca`") == 1
     assert "does not run" not in rows["sd-lora"]
