@@ -486,6 +486,51 @@ def control_summary(store: dict) -> list[str]:
     return [*lines, ""] if len(lines) > 2 else []
 
 
+def ceiling_summary(store: dict, ceiling: list[dict]) -> list[str]:
+    """Per preset that ``benchmarks/ceiling.py`` measured: the heads on the frozen features
+    ``proteus`` decides across tasks with (the ``lda`` control streamed, and heads fitted on
+    every task's data at once), beside ``proteus`` and joint-lora, so that a missed target says
+    whether any decision on those features reaches it."""
+    lines = []
+    for preset, variants in store.items():
+        runs = [r for r in ceiling if r["preset"] == preset]
+        if not runs:
+            continue
+        names = [n for n in runs[0]["rows"] if all(n in r["rows"] for r in runs)]
+        test = {n: (float(np.mean([r["rows"][n]["test"]["class_il"] for r in runs])),
+                    float(np.mean([r["rows"][n]["test"]["retrieval"] for r in runs])))
+                for n in names}
+        best = max(names, key=lambda n: test[n][0])
+        seeds = sorted({r["seed"] for r in runs})
+        line = (f"- **{preset}** (seed{'s' if len(seeds) > 1 else ''} "
+                f"{', '.join(map(str, seeds))}): the best head on the frozen features is "
+                f"`{best}`, final accuracy {test[best][0]:.2f} and task retrieval "
+                f"{test[best][1]:.2f} on test; "
+                + ", ".join(f"`{n}` {test[n][0]:.2f}" for n in names if n != best) + ".")
+        joint = "Joint-lora, which adapts the backbone on every task's data at once,"
+        for variant, who in (("proteus", "`proteus`"), ("joint-lora", joint)):
+            final = _mean(variants.get(variant, {}), "final_accuracy")
+            if final is not None:
+                line += (f" {who} reaches {100 * final:.2f} "
+                         f"({100 * final - test[best][0]:+.2f} from it)")
+                retrieval = _mean(variants[variant], "task_retrieval_accuracy")
+                line += f", task retrieval {100 * retrieval:.2f}." if retrieval else "."
+        lines.append(line)
+    if not lines:
+        return []
+    return ["## How far the frozen features go", "",
+            ("`proteus` decides across tasks on frozen features: its class Gaussians pick the two "
+            "most likely tasks and its adapted heads only re-rank those two. "
+            "`benchmarks/ceiling.py` ([ceiling.md](ceiling.md)) fits heads on the same frozen "
+            "features and a validation split's training part, some on every task's data at once "
+            "(which no continual learner may: a bound, not a method), choosing each one's "
+            "setting on the validation split (`proteus` and joint-lora are their rows below, "
+            "trained on all of each class's training samples). Where the best of them stays "
+            "below a target, no "
+            "decision on the frozen features reaches it, and the points must come from "
+            "features that change:"), "", *lines, ""]
+
+
 def head_swap_cell(head_swap: dict, preset: str, variant: str, seeds: list[str]) -> str:
     """Ridge / NCM class-IL on the variant's final features (``benchmarks/head_swap.py``), mean
     over the row's seeds that were measured there (all measured seeds where none is the row's);
@@ -859,7 +904,7 @@ def current_head_swap(store: dict, head_swap: dict) -> dict:
 
 
 def render(store: dict, out_md: Path, head_swap: dict | None = None,
-           baselines_md: Path | None = None) -> None:
+           baselines_md: Path | None = None, ceiling: list[dict] | None = None) -> None:
     head_swap = current_head_swap(store, head_swap or {})
     lines = ["# Results on the offline presets", "",
              "Targets (issue: PROTEUS): on the vision preset the default `proteus` should reach "
@@ -911,6 +956,7 @@ def render(store: dict, out_md: Path, head_swap: dict | None = None,
              "features, not the learner's own head.", ""]
     lines += stale_text(store)
     lines += control_summary(store)
+    lines += ceiling_summary(store, ceiling or [])
     for preset, variants in store.items():
         lines += [f"## {preset}: `{PRESETS[preset].relative_to(ROOT)}`", "",
                   "| variant | seeds | " + " | ".join(label for _, label in COLUMNS)
@@ -967,6 +1013,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--runs-dir", default="runs/bench")
     parser.add_argument("--head-swap", type=Path, default=ROOT / "docs/head_swap.json",
                         help="benchmarks/head_swap.py's store, for the head-swap column")
+    parser.add_argument("--ceiling", type=Path, default=ROOT / "docs/ceiling.json",
+                        help="benchmarks/ceiling.py's measurements, summarised at the top")
     parser.add_argument("--baselines-md", type=Path, default=ROOT / "docs/baselines.md",
                         help="the page whose generated tables block is rewritten")
     parser.add_argument("--adopt", nargs=3, action="append",
@@ -1015,8 +1063,10 @@ def main(argv: list[str] | None = None) -> int:
                 summary["config_sha"] = config_fingerprint(results["config"])
                 store.setdefault(preset, {}).setdefault(variant, {})[str(seed)] = summary
                 write_json_atomic(args.store, store)
-                render(store, args.out, load_json(args.head_swap), args.baselines_md)
-    render(store, args.out, load_json(args.head_swap), args.baselines_md)
+                render(store, args.out, load_json(args.head_swap), args.baselines_md,
+                       load_json(args.ceiling).get("runs", []))
+    render(store, args.out, load_json(args.head_swap), args.baselines_md,
+           load_json(args.ceiling).get("runs", []))
     console.print(f"wrote {args.out}")
     return 0
 

@@ -842,3 +842,61 @@ def test_relabel_moves_rows_only_where_they_ran_at_the_target_config(tmp_path, m
     assert results.stale_rows(store) == ([], 0)
     with pytest.raises(SystemExit, match="no stored rows of ranpac, wide"):
         results.relabel(store, head_swap, "tiny", "ranpac, wide", "ranpac")
+
+
+def test_ceiling_retrieval_counts_a_wrong_class_of_the_right_task():
+    ceiling = _load("ceiling")
+    task_of = np.array([0, 0, 1, 1])
+    got = ceiling.accuracies(np.array([0, 1, 3, 0]), np.array([0, 0, 2, 2]), task_of)
+    assert got == {"class_il": 25.0, "retrieval": 75.0}
+
+
+def test_ceiling_streams_the_lda_control_and_chooses_joint_heads_on_validation(tmp_path,
+                                                                             monkeypatch):
+    ceiling = _load("ceiling")
+    monkeypatch.chdir(tmp_path)
+    path = tmp_path / "lda-tiny.yaml"
+    path.write_text(yaml.safe_dump(tiny_config_dict(tmp_path / "runs",
+                                                    learner={"name": "lda"})))
+    monkeypatch.setattr(ceiling, "PRESETS", {"tiny": str(path)})
+    monkeypatch.setattr(ceiling, "GRIDS", {"logistic, joint": ("C", [0.001, 1.0])})
+    monkeypatch.setattr(ceiling, "ROWS", ["lda, streaming", "logistic, joint"])
+    out = tmp_path / "ceiling.json"
+    assert ceiling.main(["--presets", "tiny", "--seeds", "1990", "--out", str(out)]) == 0
+    (run,) = json.loads(out.read_text())["runs"]
+    # the streaming row is the lda control itself: the same config run as a learner scores the same
+    config = proteus.load_config(path, ["seed=1990", f"scenario.val_fraction={ceiling.VAL_FRACTION}",
+                                        "progress=false"])
+    control = proteus.run(config)["metrics"]["final_accuracy"]
+    assert run["rows"]["lda, streaming"]["test"]["class_il"] == pytest.approx(100 * control)
+    joint = run["rows"]["logistic, joint"]
+    assert joint["setting"]["C"] == float(max(joint["grid"], key=joint["grid"].get))
+    assert joint["val"]["class_il"] == joint["grid"][str(joint["setting"]["C"])]
+    for row in run["rows"].values():  # a right class is in the right task
+        assert all(row[s]["retrieval"] >= row[s]["class_il"] for s in ("val", "test"))
+    text = out.with_suffix(".md").read_text()
+    assert "| logistic, joint |" in text and "--presets tiny --seeds 1990" in text
+
+
+def test_results_summarise_the_frozen_feature_ceiling_beside_proteus_and_joint_lora():
+    results = _load("results")
+
+    def row(test_acc):
+        return {"val": {"class_il": 0.0, "retrieval": 0.0},
+                "test": {"class_il": test_acc, "retrieval": test_acc + 1}}
+
+    ceiling = [{"preset": "vision", "seed": s, "rows": {"lda, streaming": row(90.0 + s),
+                                                        "logistic, joint": row(89.0)}}
+               for s in (1, 3)]
+    store = {"vision": {"proteus": _runs(a={"final_accuracy": 0.92,
+                                            "task_retrieval_accuracy": 0.93}),
+                        "joint-lora": _runs(a={"final_accuracy": 0.88})},
+             "text": {"proteus": _runs(a={"final_accuracy": 0.6})}}
+    text = "\n".join(results.ceiling_summary(store, ceiling))
+    assert "## How far the frozen features go" in text and "**text**" not in text
+    (line,) = [x for x in text.splitlines() if x.startswith("- **vision**")]
+    assert "(seeds 1, 3)" in line and "is `lda, streaming`, final accuracy 92.00" in line
+    assert "task retrieval 93.00 on test; `logistic, joint` 89.00." in line
+    assert "`proteus` reaches 92.00 (+0.00 from it), task retrieval 93.00." in line
+    assert "at once, reaches 88.00 (-4.00 from it)." in line
+    assert results.ceiling_summary(store, []) == []
