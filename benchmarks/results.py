@@ -1070,6 +1070,11 @@ def main(argv: list[str] | None = None) -> int:
         write_json_atomic(args.store, store)
         write_json_atomic(args.head_swap, head_swap)
         console.print(f"moved {source} on {preset} to {target}, seeds {', '.join(seeds)}")
+
+    def rerender() -> None:  # the side stores are read afresh: another script may have written
+        render(store, args.out, load_json(args.head_swap), args.baselines_md,
+               load_json(args.ceiling).get("runs", []))
+
     for preset in [] if args.render_only or args.adopt or args.relabel else args.presets:
         for variant in args.variants:
             for seed in args.seeds:
@@ -1084,10 +1089,8 @@ def main(argv: list[str] | None = None) -> int:
                 summary["config_sha"] = config_fingerprint(results["config"])
                 store.setdefault(preset, {}).setdefault(variant, {})[str(seed)] = summary
                 write_json_atomic(args.store, store)
-                render(store, args.out, load_json(args.head_swap), args.baselines_md,
-                       load_json(args.ceiling).get("runs", []))
-    render(store, args.out, load_json(args.head_swap), args.baselines_md,
-           load_json(args.ceiling).get("runs", []))
+                rerender()
+    rerender()
     console.print(f"wrote {args.out}")
     return 0
 
