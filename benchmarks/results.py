@@ -513,7 +513,7 @@ def ceiling_summary(store: dict, ceiling: list[dict]) -> list[str]:
             continue
         names = [n for n in runs[0]["rows"] if all(n in r["rows"] for r in runs)]
 
-        def mean(name: str, split: str, metric: str) -> float:
+        def mean(name: str, split: str, metric: str, runs: list[dict] = runs) -> float:
             return float(np.mean([r["rows"][name][split][metric] for r in runs]))
 
         best = max(names, key=lambda n: mean(n, "val", "class_il"))  # chosen on validation
