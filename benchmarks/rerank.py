@@ -112,18 +112,27 @@ def two_step(ev: dict, task_classes: list) -> np.ndarray:
     return out
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__,
+def finished_runs_parser(description: str) -> argparse.ArgumentParser:
+    """The command line of an experiment on finished runs: their directories, the JSON to
+    write (``--out``, its markdown beside it) and ``--render-only``."""
+    parser = argparse.ArgumentParser(description=description,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("run_dirs", nargs="+", type=Path)
+    parser.add_argument("run_dirs", nargs="*", type=Path)
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--render-only", action="store_true",
                         help="rebuild the markdown from --out's JSON; the run_dirs are ignored")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = finished_runs_parser(__doc__)
     parser.add_argument("--tops", type=int, nargs="+", default=TOPS,
                         help="how many of the most likely tasks the decision scores (grid)")
     parser.add_argument("--purpose", default=DEFAULT_PURPOSE,
                         help="the markdown's first sentence: what this measurement decided")
     args = parser.parse_args(argv)
+    if not args.render_only and not args.run_dirs:
+        parser.error("give the finished runs, or --render-only")
     if min(args.tops) < 1:
         parser.error("--tops: every value must be at least 1")
     if args.render_only:

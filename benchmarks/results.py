@@ -552,6 +552,37 @@ def ceiling_summary(store: dict, ceiling: list[dict]) -> list[str]:
              "could recover at most:"), "", *lines, ""]
 
 
+def pair_space_summary(report: dict) -> list[str]:
+    """Per preset that ``benchmarks/pair_space.py`` measured: test accuracy of ``proteus``'s
+    decision today and with the evidence from the earlier candidate task's adapted space, at
+    the point validation chose, beside the frozen control of the chosen features."""
+    lines = []
+    for preset, c in report.get("chosen", {}).items():
+        today, best = c["default"], c["chosen"]
+        n = len(c["runs"])
+        line = (f"- **{preset}** ({n} run{'s' if n > 1 else ''}): {100 * today['test']:.2f} "
+                f"today; validation chose ")
+        if best["gamma"] == 0.0:
+            line += "no space-i evidence."
+        else:
+            line += (f"`{best['features']}` features (test {100 * best['test']:.2f}, "
+                     f"{100 * (best['test'] - today['test']):+.2f})")
+            control = report.get("controls", {}).get(best["features"])
+            if control in c["per_features"]:
+                ctl = c["per_features"][control]
+                line += (f"; their frozen control, `{control}`, "
+                         f"{100 * (ctl['test'] - today['test']):+.2f}")
+            line += "."
+        lines.append(line)
+    if not lines:
+        return []
+    return [("Breaking that tie with the earlier candidate task's adapted backbone (a shrinkage "
+             "LDA per task's adapted space over its own and later tasks' classes, exemplar-free; "
+             "`benchmarks/pair_space.py`, [pair_space.md](pair_space.md); an experiment on "
+             "finished runs, not yet a `proteus` option), final accuracy on test:"), "",
+            *lines, ""]
+
+
 def head_swap_cell(head_swap: dict, preset: str, variant: str, seeds: list[str]) -> str:
     """Ridge / NCM class-IL on the variant's final features (``benchmarks/head_swap.py``), mean
     over the row's seeds that were measured there (all measured seeds where none is the row's);
@@ -925,7 +956,8 @@ def current_head_swap(store: dict, head_swap: dict) -> dict:
 
 
 def render(store: dict, out_md: Path, head_swap: dict | None = None,
-           baselines_md: Path | None = None, ceiling: list[dict] | None = None) -> None:
+           baselines_md: Path | None = None, ceiling: list[dict] | None = None,
+           pair_space: dict | None = None) -> None:
     head_swap = current_head_swap(store, head_swap or {})
     lines = ["# Results on the offline presets", "",
              "Targets (issue: PROTEUS): on the vision preset the default `proteus` should reach "
@@ -978,6 +1010,7 @@ def render(store: dict, out_md: Path, head_swap: dict | None = None,
     lines += stale_text(store)
     lines += control_summary(store)
     lines += ceiling_summary(store, ceiling or [])
+    lines += pair_space_summary(pair_space or {})
     for preset, variants in store.items():
         lines += [f"## {preset}: `{PRESETS[preset].relative_to(ROOT)}`", "",
                   "| variant | seeds | " + " | ".join(label for _, label in COLUMNS)
@@ -1036,6 +1069,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="benchmarks/head_swap.py's store, for the head-swap column")
     parser.add_argument("--ceiling", type=Path, default=ROOT / "docs/ceiling.json",
                         help="benchmarks/ceiling.py's measurements, summarised at the top")
+    parser.add_argument("--pair-space", type=Path, default=ROOT / "docs/pair_space.json",
+                        help="benchmarks/pair_space.py's measurements, summarised beside them")
     parser.add_argument("--baselines-md", type=Path, default=ROOT / "docs/baselines.md",
                         help="the page whose generated tables block is rewritten")
     parser.add_argument("--adopt", nargs=3, action="append",
@@ -1073,7 +1108,7 @@ def main(argv: list[str] | None = None) -> int:
 
     def rerender() -> None:  # the side stores are read afresh: another script may have written
         render(store, args.out, load_json(args.head_swap), args.baselines_md,
-               load_json(args.ceiling).get("runs", []))
+               load_json(args.ceiling).get("runs", []), load_json(args.pair_space))
 
     for preset in [] if args.render_only or args.adopt or args.relabel else args.presets:
         for variant in args.variants:

@@ -590,6 +590,75 @@ def test_rerank_grid_spans_the_class_gaussian_and_the_two_step_decision():
     assert (rerank.decide(ev, task_classes, 3, 1e6, "raw", 1.0) == ev["R"].argmax(1)).all()
 
 
+def test_pair_space_reproduces_the_runs_decision_and_keeps_each_space_exemplar_free(tmp_path):
+    """gamma 0 at the learner's own decision weight is the finished run's final accuracy; space
+    i's LDA knows only the classes of tasks i, i+1, ... (their data exist once task i's units
+    do); the E-alone decision picks among the two candidate tasks' classes by E."""
+    from rich.console import Console
+
+    pair = _load("pair_space")
+    raw = tiny_config_dict(tmp_path / "runs", name="pair-s1990", seed=1990,
+                           scenario={"num_tasks": 3, "val_fraction": 0.25},
+                           learner={"name": "proteus", "rank": 2, "epochs": 1,
+                                    "batch_size": 16, "proj_dim": 64})
+    path = tmp_path / "pair.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    proteus.run(proteus.load_config(path), console=Console(quiet=True))
+    run_dir = tmp_path / "runs" / "pair-s1990"
+    final = json.loads((run_dir / "results.json").read_text())["metrics"]["final_accuracy"]
+
+    out = tmp_path / "pair_space.json"
+    assert pair.main([str(run_dir), "--out", str(out)]) == 0
+    report = json.loads(out.read_text())
+    chosen = report["chosen"]["pair"]
+    assert chosen["default"]["test"] == pytest.approx(final, abs=1e-9)
+    points = report["runs"][str(run_dir)]["points"]
+    assert len(points) == len(pair.FEATURES) * 2 * len(pair.GAMMAS)
+    assert chosen["chosen"]["val"] == max(p["val"] for p in points)  # one run: its argmax
+    # the page shows every feature set and says which point validation chose
+    md = out.with_suffix(".md").read_text()
+    assert "frozen multi-block (control)" in md and "Chosen on validation:" in md
+
+    rng = np.random.default_rng(0)
+    task_of = np.array([0, 0, 1, 1, 2, 2])
+    labels = np.repeat(np.arange(6), 10)
+    f = {"F": rng.normal(size=(60, 5)) + labels[:, None], "frozen": rng.normal(size=(60, 3))}
+    f["H"] = [f["frozen"] + i for i in range(3)]
+    models = pair.fit_spaces("frozen + adapted", f, labels, task_of, 3)
+    assert [list(m.classes_) for m in models] == [[0, 1, 2, 3, 4, 5], [2, 3, 4, 5], [4, 5]]
+    top2 = np.array([[1, 2]] * 60)  # every sample scored in space 1
+    E = pair.pair_evidence(models, "frozen + adapted", f, top2, 6)
+    assert np.isneginf(E[:, :2]).all() and np.isfinite(E[:, 2:]).all()
+    D, R = rng.normal(size=(60, 6)), rng.normal(size=(60, 6))
+    task_classes = [[0, 1], [2, 3], [4, 5]]
+    assert (pair.decide(D, R, E, task_classes, top2, 0.0, None) == E.argmax(1)).all()
+    restricted = np.where(np.arange(6) >= 2, D, -np.inf)
+    assert (pair.decide(D, R, E, task_classes, top2, 0.0, 0.0)
+            == restricted.argmax(1)).all()
+
+
+def test_results_summarise_the_adapted_space_tie_breaker_against_today_and_its_control():
+    results = _load("results")
+
+    def point(features, gamma, test):
+        return {"features": features, "beta": 10.0, "gamma": gamma, "val": 0.5, "test": test}
+
+    per = {"adapted": point("adapted", 0.3, 0.671), "frozen embedding":
+           point("frozen embedding", 0.3, 0.662)}
+    report = {"controls": {"adapted": "frozen embedding"},
+              "chosen": {"text": {"runs": ["a", "b"], "default": point("adapted", 0.0, 0.665),
+                                  "chosen": per["adapted"], "per_features": per},
+                         "vision": {"runs": ["c"], "default": point("adapted", 0.0, 0.9),
+                                    "chosen": point("adapted", 0.0, 0.9),
+                                    "per_features": per}}}
+    text, vision = results.pair_space_summary(report)[2:4]
+    assert text.startswith("- **text** (2 runs): 66.50 today")
+    assert "`adapted` features (test 67.10, +0.60)" in text
+    assert "`frozen embedding`, -0.30" in text
+    assert vision == "- **vision** (1 run): 90.00 today; validation chose no space-i evidence."
+    assert results.pair_space_summary({}) == []
+
+
 def test_results_derived_preset_and_adopting_a_run_only_if_its_config_matches(tmp_path,
                                                                                monkeypatch):
     """A derived preset's baseline runs the parent benchmark's baseline preset with the derived
