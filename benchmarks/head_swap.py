@@ -100,6 +100,8 @@ def measure_saved(run_dir: Path) -> dict:
 def load_saved(run_dir: Path):
     """A finished run: its scenario rebuilt from the recorded config and split manifest, its
     learner (and ``ctx``) from the model it saved after the last task."""
+    if not (run_dir / "config.yaml").is_file():
+        raise SystemExit(f"{run_dir}: not a finished run's directory (no config.yaml)")
     config = proteus.load_config(run_dir / "config.yaml", ["progress=false"])
     # the run's own split manifest, not its scenario options: a recorded scenario.manifest may
     # be a path relative to where the run was started, and a class order that matches says

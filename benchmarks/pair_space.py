@@ -141,8 +141,8 @@ def measure(run_dir: Path) -> dict:
     f_train = space_features(learner, ctx, train)
     ev, feats, top2 = {}, {}, {}
     for name, data in parts.items():
-        ev[name] = evidence(learner, ctx, data)
         feats[name] = space_features(learner, ctx, data)
+        ev[name] = evidence(learner, ctx, data, feats[name]["H"])  # h_k embedded once
         top2[name] = top_two(ev[name]["D"], tc)
     points = []
     for kind in FEATURES:
@@ -241,6 +241,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = finished_runs_parser(__doc__)
     args = parser.parse_args(argv)
     if args.render_only:
+        if not args.out.is_file():
+            parser.error(f"--render-only: {args.out} does not exist; measure runs first")
         report = json.loads(args.out.read_text())
     else:
         if not args.run_dirs:

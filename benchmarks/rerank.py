@@ -66,9 +66,10 @@ def load(run_dir: Path):
     return run.scenario, run.learner, run.ctx
 
 
-def evidence(learner, ctx, data) -> dict:
+def evidence(learner, ctx, data, embeddings: list[np.ndarray] | None = None) -> dict:
     """D (N, C) in class-position order, and the ridge logits of every class on its own
-    task's adapted embedding (N, C)."""
+    task's adapted embedding (N, C); ``embeddings``: each task's embedding of ``data`` where
+    the caller has them already."""
     sig = learner.signatures
     feats, prefix = learner._signature_features(data, ctx, with_prefix=True)
     W, b = sig.linear_retrieval()
@@ -78,8 +79,8 @@ def evidence(learner, ctx, data) -> dict:
     D[:, comp_classes] = sig.prepare(feats) @ W + b
     R = np.full((len(data), C), -np.inf)
     for k, classes in enumerate(learner.task_classes):
-        h = learner._embed(data.items, k if learner.pool is not None else None,
-                           ctx.batch_size, prefix)
+        h = embeddings[k] if embeddings is not None else learner._embed(
+            data.items, k if learner.pool is not None else None, ctx.batch_size, prefix)
         R[:, classes] = learner.head.logits(h)[:, classes]
     return {"D": D, "R": R, "labels": data.labels}
 

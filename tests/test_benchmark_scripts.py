@@ -618,6 +618,11 @@ def test_pair_space_reproduces_the_runs_decision_and_keeps_each_space_exemplar_f
     # the page shows every feature set and says which point validation chose
     md = out.with_suffix(".md").read_text()
     assert "frozen multi-block (control)" in md and "Chosen on validation:" in md
+    # a path that is not a finished run is refused by name, and the store is left as it was
+    kept = out.read_text()
+    with pytest.raises(SystemExit, match="pair.yaml: not a finished run's directory"):
+        pair.main([str(path), "--out", str(out)])
+    assert out.read_text() == kept
 
     rng = np.random.default_rng(0)
     task_of = np.array([0, 0, 1, 1, 2, 2])
