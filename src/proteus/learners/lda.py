@@ -60,16 +60,15 @@ class LDAOptions(Options):
     batch_size: int = Field(256, gt=0)
 
 
-@LEARNERS.register("lda", LDAOptions,
-                   "streaming shrinkage LDA on frozen multi-block features (control)")
-class LDA(Learner):
-    options_model = LDAOptions
-    grow_keys = ("lda.M", "lda.v", "lda.sum")
-    compact_keys = ("lda.*",)
-    symmetric_keys = ("lda.M",)
+class StreamingLDA:
+    """The statistics, shrinkage and solve of a streaming shrinkage LDA (the module docstring's
+    rule): classes arrive with their samples (``add``), ``solve`` refreshes the coefficients,
+    ``scores`` are ``x . w_c + b_c`` over every class row (``-inf`` for a class not seen).
+    ``name`` heads the error for a class seen again. Used by the ``lda`` control and by
+    ``proteus``'s adapted-space evidence (one per task space)."""
 
-    def __init__(self, options: LDAOptions, backbone, seed: int = 0):
-        super().__init__(options, backbone, seed)
+    def __init__(self, shrinkage: Literal["auto"] | float = "auto", name: str = "lda"):
+        self.shrinkage, self.name = shrinkage, name
         self.count = np.zeros(0)
         self.sum: np.ndarray | None = None
         self.M: np.ndarray | None = None
@@ -77,24 +76,22 @@ class LDA(Learner):
         self.coef: np.ndarray | None = None  # (C, d)
         self.intercept = np.zeros(0)
 
-    def features(self, data: LabeledData, ctx: Context) -> np.ndarray:
-        return frozen_features(self.backbone, data, ctx, self.options.signature_stages,
-                               self.options.batch_size)
-
-    def learn_task(self, task: Task, ctx: Context) -> TaskOutcome:
-        x = self.features(task.train, ctx)
+    def add(self, x: np.ndarray, labels: np.ndarray, num_classes: int = 0) -> dict[int, float]:
+        """Add the samples of classes never seen before (class rows grow to at least
+        ``num_classes``); returns each class's shrinkage."""
+        x = np.asarray(x, dtype=np.float64)
         d = x.shape[1]
         if self.M is None:
             self.M, self.v, self.sum = np.zeros((d, d)), np.zeros(d), np.zeros((0, d))
-        top = max(len(self.count), max(task.classes) + 1)
+        top = max(len(self.count), int(labels.max()) + 1, num_classes)
         self.count = np.concatenate([self.count, np.zeros(top - len(self.count))])
         self.sum = np.concatenate([self.sum, np.zeros((top - len(self.sum), d))])
         rhos = {}
-        for c in np.unique(task.train.labels):
+        for c in np.unique(labels):
             if self.count[c]:
-                raise LearnerError(f"lda: class {c} was learned before; each class must arrive "
-                                   "with one task")
-            xc = x[task.train.labels == c]
+                raise LearnerError(f"{self.name}: class {c} was learned before; each class must "
+                                   "arrive with one task")
+            xc = x[labels == c]
             centred = xc - xc.mean(0)
             rho, target = self._shrinkage(centred)
             self.M += (1 - rho) * (centred.T @ centred)
@@ -102,10 +99,7 @@ class LDA(Learner):
             self.count[c] = len(xc)
             self.sum[c] = xc.sum(0)
             rhos[int(c)] = rho
-        self.num_classes = top
-        self.tasks_learned += 1
-        self._solve()
-        return TaskOutcome(extras={"shrinkage_mean": float(np.mean(list(rhos.values())))})
+        return rhos
 
     def _shrinkage(self, centred: np.ndarray) -> tuple[float, np.ndarray]:
         """(intensity, target diagonal) of one class's covariance, as scikit-learn shrinks it.
@@ -115,8 +109,8 @@ class LDA(Learner):
         scaled back, a constant feature keeping scikit-learn's scale of 1. A fixed intensity:
         the raw covariance's mean variance times I."""
         var = centred.var(0)
-        if self.options.shrinkage != "auto":
-            return float(self.options.shrinkage), np.full(len(var), var.mean())
+        if self.shrinkage != "auto":
+            return float(self.shrinkage), np.full(len(var), var.mean())
         scale = StandardScaler(with_mean=False).fit(centred).scale_  # constant features: 1
         standardised = centred / scale
         mu = float((var / scale ** 2).mean())
@@ -124,7 +118,7 @@ class LDA(Learner):
                if len(centred) > 1 else 1.0)
         return rho, mu * scale ** 2
 
-    def _solve(self) -> None:
+    def solve(self) -> None:
         seen = self.count > 0
         n = self.count.sum()
         cov = self.M / n
@@ -139,28 +133,67 @@ class LDA(Learner):
         self.coef = coef
         self.intercept = np.where(seen, -0.5 * (means * coef).sum(1) + np.log(prior), -np.inf)
 
+    def scores(self, x: np.ndarray) -> np.ndarray:
+        return np.asarray(x, dtype=np.float64) @ self.coef.T + self.intercept
+
+    def state(self, prefix: str) -> dict[str, torch.Tensor]:
+        if self.M is None:
+            return {}
+        return {f"{prefix}M": torch.from_numpy(self.M), f"{prefix}v": torch.from_numpy(self.v),
+                f"{prefix}sum": torch.from_numpy(self.sum),
+                f"{prefix}count": torch.from_numpy(self.count),
+                f"{prefix}coef": torch.from_numpy(self.coef),
+                f"{prefix}intercept": torch.from_numpy(self.intercept)}
+
+    def load_state(self, tensors: dict[str, torch.Tensor], prefix: str) -> None:
+        def get(key):  # growth statistics are absent from a serving export
+            t = tensors.get(prefix + key)
+            return None if t is None else t.numpy().astype(np.float64)
+
+        if prefix + "coef" in tensors:
+            self.coef, self.intercept, self.count = get("coef"), get("intercept"), get("count")
+            self.M, self.v, self.sum = get("M"), get("v"), get("sum")
+
+
+@LEARNERS.register("lda", LDAOptions,
+                   "streaming shrinkage LDA on frozen multi-block features (control)")
+class LDA(Learner):
+    options_model = LDAOptions
+    grow_keys = ("lda.M", "lda.v", "lda.sum")
+    compact_keys = ("lda.*",)
+    symmetric_keys = ("lda.M",)
+
+    def __init__(self, options: LDAOptions, backbone, seed: int = 0):
+        super().__init__(options, backbone, seed)
+        self.lda = StreamingLDA(options.shrinkage, name="lda")
+
+    @property
+    def coef(self) -> np.ndarray | None:
+        return self.lda.coef
+
+    @property
+    def intercept(self) -> np.ndarray:
+        return self.lda.intercept
+
+    def features(self, data: LabeledData, ctx: Context) -> np.ndarray:
+        return frozen_features(self.backbone, data, ctx, self.options.signature_stages,
+                               self.options.batch_size)
+
+    def learn_task(self, task: Task, ctx: Context) -> TaskOutcome:
+        self.num_classes = max(self.num_classes, max(task.classes) + 1)
+        rhos = self.lda.add(self.features(task.train, ctx), task.train.labels, self.num_classes)
+        self.tasks_learned += 1
+        self.lda.solve()
+        return TaskOutcome(extras={"shrinkage_mean": float(np.mean(list(rhos.values())))})
+
     def scores(self, data: LabeledData, ctx: Context) -> np.ndarray:
-        return self.features(data, ctx) @ self.coef.T + self.intercept
+        return self.lda.scores(self.features(data, ctx))
 
     def state(self):
-        tensors = {}
-        if self.M is not None:
-            tensors = {"lda.M": torch.from_numpy(self.M), "lda.v": torch.from_numpy(self.v),
-                       "lda.sum": torch.from_numpy(self.sum),
-                       "lda.count": torch.from_numpy(self.count),
-                       "lda.coef": torch.from_numpy(self.coef),
-                       "lda.intercept": torch.from_numpy(self.intercept)}
-        return tensors, {"num_classes": self.num_classes, "tasks_learned": self.tasks_learned}
+        return self.lda.state("lda."), {"num_classes": self.num_classes,
+                                        "tasks_learned": self.tasks_learned}
 
     def load_state(self, tensors, meta) -> None:
         self.num_classes = int(meta["num_classes"])
         self.tasks_learned = int(meta["tasks_learned"])
-        if "lda.coef" in tensors:
-            self.coef = tensors["lda.coef"].numpy().astype(np.float64)
-            self.intercept = tensors["lda.intercept"].numpy().astype(np.float64)
-            self.count = tensors["lda.count"].numpy().astype(np.float64)
-            # growth statistics: absent from a serving export
-            self.M = tensors["lda.M"].numpy().astype(np.float64) if "lda.M" in tensors else None
-            self.v = tensors["lda.v"].numpy().astype(np.float64) if "lda.v" in tensors else None
-            self.sum = (tensors["lda.sum"].numpy().astype(np.float64) if "lda.sum" in tensors
-                        else None)
+        self.lda.load_state(tensors, "lda.")
