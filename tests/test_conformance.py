@@ -23,8 +23,8 @@ from proteus.model import load_model
 from proteus.storage import save_model
 
 
-def _raw(root, name: str) -> dict:
-    learner = {"name": name}
+def _raw(root, name: str, **options) -> dict:
+    learner = {"name": name, **options}
     fields = LEARNERS.get(name).options.model_fields
     if "epochs" in fields:
         learner["epochs"] = 1
@@ -44,9 +44,12 @@ def _state(learner) -> dict[str, torch.Tensor]:
     return learner.state()[0]
 
 
-@pytest.mark.parametrize("name", LEARNERS.names())
-def test_learner_round_trips_and_grows_after_loading(tmp_path, one_thread, name):
-    run = assemble(validate(_raw(tmp_path / "runs", name)))
+@pytest.mark.parametrize("name, options", [
+    *[pytest.param(name, {}, id=name) for name in LEARNERS.names()],
+    # proteus's optional per-task statistics (one LDA per task space)
+    pytest.param("proteus", {"adapted_lda_weight": 1.0}, id="proteus-adapted-lda")])
+def test_learner_round_trips_and_grows_after_loading(tmp_path, one_thread, name, options):
+    run = assemble(validate(_raw(tmp_path / "runs", name, **options)))
     tasks = run.scenario.tasks
     assert len(tasks) >= 3
     test = stack([t.test for t in tasks])

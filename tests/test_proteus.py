@@ -289,6 +289,80 @@ def test_class_decision_spans_the_class_gaussians_and_retrieve_then_classify(dri
     assert np.array_equal(default.classes, score.argmax(1))
 
 
+def test_adapted_space_lda_is_exemplar_free_and_adds_to_the_class_decision(tmp_path):
+    """adapted_lda_weight: space i's LDA equals scikit-learn's fitted on the training data of
+    tasks i, i+1, ... under task i's units; each sample adds gamma x the LDA of its earliest
+    candidate task's space to the default decision (benchmarks/pair_space.py's rule)."""
+    from sklearn.discriminant_analysis import LinearDiscriminantAnalysis
+
+    gamma = 3.0
+    noisy = [{"name": "synthetic", "num_classes": 6, "samples_per_class": 40, "image_size": 16,
+              "noise": 0.6, "seed": 1}]  # where the candidates' tie is not always clear
+    run = assembled(tiny_config_dict(tmp_path, data=noisy,
+                                     learner={**LEARNER, "adapted_lda_weight": gamma}))
+    learner, ctx, tasks = run.learner, run.ctx, run.scenario.tasks
+    for task in tasks:
+        learner.learn_task(task, ctx)
+    assert len(learner.spaces) == T
+    train = stack([t.train for t in tasks])
+    test = stack([t.test for t in tasks])
+    with torch.no_grad():
+        prefix = learner._prefix(train.items, 64)
+        reference = []
+        for i in range(T):
+            rows = learner.class_task[train.labels] >= i  # tasks i, i+1, ... only
+            h = learner._embed(train.items, i, 64, prefix).astype(np.float64)
+            lda = LinearDiscriminantAnalysis(solver="lsqr", shrinkage="auto")
+            reference.append(lda.fit(h[rows], train.labels[rows]))
+            space = learner.spaces[i]
+            coef = space.coef[lda.classes_]
+            if len(coef) == 2:  # scikit-learn keeps one row for two classes: their difference
+                coef = coef[1:] - coef[:1]
+            np.testing.assert_allclose(coef, lda.coef_, rtol=1e-6, atol=1e-6)
+            others = np.setdiff1d(np.arange(learner.num_classes), lda.classes_)
+            assert np.isneginf(space.intercept[others]).all()
+
+    o = learner.options
+    features, prefix = learner._signature_features(test, ctx, with_prefix=True)
+    D = learner.signatures.class_scores(features, learner.num_classes)
+    best_task = np.stack([D[:, c].max(1) for c in learner.task_classes], 1)
+    ranked = np.argsort(-best_task, axis=1, kind="stable")[:, :2]
+    logits = [learner._head_logits(test, ctx, ranked[:, j], prefix) for j in range(2)]
+
+    def by_hand(weight: float) -> np.ndarray:
+        score = np.full_like(D, -np.inf)
+        for n in range(len(test)):
+            i = ranked[n].min()  # the earliest candidate: its space holds both tasks' classes
+            h = learner._embed(test.items[n:n + 1], i, 64).astype(np.float64)
+            E = dict(zip(reference[i].classes_, reference[i].decision_function(h)[0]))
+            for j, k in enumerate(ranked[n]):
+                for c in learner.task_classes[k]:
+                    score[n, c] = D[n, c] + o.decision_weight * logits[j][n, c] + weight * E[c]
+        return score.argmax(1)
+
+    def predict(weight: float) -> np.ndarray:
+        learner.options = o.model_copy(update={"adapted_lda_weight": weight})
+        try:
+            return learner.predict(test, ctx).classes
+        finally:
+            learner.options = o
+
+    np.testing.assert_array_equal(learner.predict(test, ctx).classes, by_hand(gamma))
+    # an overwhelming weight lets the LDA decide between the candidates, and it differs here
+    # from weight 0, the default decision
+    dominant = predict(1e6)
+    np.testing.assert_array_equal(dominant, by_hand(1e6))
+    assert (dominant != predict(0.0)).any()
+    # a model that learned tasks with the option off has no spaces to score in
+    off = assembled(tiny_config_dict(tmp_path / "off", learner=LEARNER))
+    off.learner.learn_task(tasks[0], off.ctx)
+    off.learner.options = off.learner.options.model_copy(update={"adapted_lda_weight": gamma})
+    with pytest.raises(ValueError, match="holds 0 task spaces for 1 tasks"):
+        off.learner.predict(test, off.ctx)
+    with pytest.raises(ValueError, match="learned 1 tasks but holds 0 task spaces"):
+        off.learner.learn_task(tasks[1], off.ctx)
+
+
 def test_class_decision_refuses_signatures_without_classes():
     from proteus.learners.proteus import ProteusOptions
 
@@ -297,6 +371,8 @@ def test_class_decision_refuses_signatures_without_classes():
     with pytest.raises(ValueError, match="decision 'class' needs"):
         ProteusOptions(decision="class", retrieval="oracle")
     assert not ProteusOptions(retrieval="oracle").class_decision_holds()  # auto: two steps
+    with pytest.raises(ValueError, match="adapted_lda_weight adds to decision 'class'"):
+        ProteusOptions(decision="task", adapted_lda_weight=1.0)
     from proteus.learners.proteus import ProteusPaperOptions
     assert ProteusPaperOptions().decision == "task"
 

@@ -35,7 +35,8 @@ from ..heads import RidgeHead
 from ..lora import LowRankPool
 from ..seeding import derive_seed
 from ..signatures import SignatureOptions, TaskSignatures, certificate, retrieve
-from .base import LEARNERS, Capabilities, Context, Prediction, TaskOutcome
+from .base import LEARNERS, Capabilities, Context, LearnerError, Prediction, TaskOutcome
+from .lda import StreamingLDA
 from .lowrank import LowRankLearner, LowRankOptions
 
 
@@ -68,6 +69,16 @@ class ProteusOptions(LowRankOptions):
     decision: Literal["auto", "task", "class"] = "auto"
     decision_top: int = Field(2, ge=1)
     decision_weight: float = Field(10.0, ge=0)
+    # decision "class" only: also add adapted_lda_weight x the score of each candidate class by
+    # a streaming shrinkage LDA (the ``lda`` control's) in *space i*, task i's adapted
+    # embedding, with i the earliest candidate task [ours; benchmarks/pair_space.py]. Space i
+    # holds the classes of tasks i, i+1, ...: task k's training data passes the units of every
+    # task i <= k when task k arrives (no earlier data kept), so space i holds every candidate's
+    # classes. A frozen backbone (train_adapters false) gives the frozen-embedding control.
+    # Costs one d x d statistic per task and k extra adapted passes at task k; at predict, the
+    # candidates' embeddings serve (no extra pass). 0: off. On the text preset's validation
+    # split (3 seeds) 0.3 gained 0.7 points; on vision every weight tied (docs/pair_space.md)
+    adapted_lda_weight: float = Field(0.0, ge=0)
     retrieval_batch: int = Field(64, gt=0)  # batch size for retrieval "batch"
     # head (section 5)
     proj_dim: int = Field(10000, ge=0)
@@ -90,6 +101,10 @@ class ProteusOptions(LowRankOptions):
             raise ValueError("decision 'class' needs signature.kind class-gaussian, "
                              "signature_space frozen and retrieval sample; use decision 'task' "
                              "or 'auto'")
+        if self.adapted_lda_weight and (self.decision == "task" or not self.class_decision_holds()):
+            raise ValueError("adapted_lda_weight adds to decision 'class': it needs decision "
+                             "'class' or 'auto' with class-Gaussian signatures in the frozen "
+                             "space and retrieval sample; set adapted_lda_weight 0")
         return self
 
     def class_decision_holds(self) -> bool:
@@ -102,9 +117,9 @@ class ProteusOptions(LowRankOptions):
 class Proteus(LowRankLearner):
     options_model = ProteusOptions
     capabilities = Capabilities(infers_task=True)
-    grow_keys = ("head.G", "head.Q", "sig.stats.*")
-    compact_keys = ("head.*", "sig.*")
-    symmetric_keys = ("head.G", "sig.stats.scatter")
+    grow_keys = ("head.G", "head.Q", "sig.stats.*", "space.*.M", "space.*.v", "space.*.sum")
+    compact_keys = ("head.*", "sig.*", "space.*")
+    symmetric_keys = ("head.G", "sig.stats.scatter", "space.*.M")
 
     def __init__(self, options: ProteusOptions, backbone, seed: int = 0):
         super().__init__(options, backbone, seed)
@@ -113,6 +128,7 @@ class Proteus(LowRankLearner):
         self.head = RidgeHead(backbone.embed_dim, o.proj_dim, seed)
         self.class_task = np.zeros(0, dtype=np.int64)  # task of each class position
         self.task_classes: list[list[int]] = []
+        self.spaces: list[StreamingLDA] = []  # adapted_lda_weight: space i's LDA per task i
 
     def _build_pool(self) -> LowRankPool | None:
         o = self.options
@@ -186,11 +202,19 @@ class Proteus(LowRankLearner):
         t0 = time.perf_counter()
         lam = self.head.update(adapted, task.train.labels, self.num_classes)
         timing["head_s"] = time.perf_counter() - t0
+        if o.adapted_lda_weight:
+            t0 = time.perf_counter()
+            self._update_spaces(task, ctx, prefix, adapted)
+            timing["adapted_lda_s"] = time.perf_counter() - t0
 
         extras: dict[str, Any] = {"ridge_lambda": lam,
                                   "signature_bytes": self.signatures.nbytes(k),
                                   "signature_shared_bytes": self.signatures.shared_nbytes(),
                                   "signature_components": int(len(self.signatures.tasks[k].means))}
+        if self.spaces:
+            extras["adapted_lda_bytes"] = int(sum(sum(t.numel() * t.element_size()
+                                                      for t in sp.state("").values())
+                                                  for sp in self.spaces))
         if self.pool is not None:
             extras["units"] = self._unit_report(k, task, ctx, adapted)
         last = ctx.num_tasks is not None and k == ctx.num_tasks - 1
@@ -201,6 +225,22 @@ class Proteus(LowRankLearner):
                                form=o.certificate_form)
             timing["certificate_s"] = time.perf_counter() - t0
         return TaskOutcome(timing=timing, extras=extras, certificate=cert)
+
+    def _update_spaces(self, task: Task, ctx: Context, prefix: torch.Tensor | None,
+                       adapted: np.ndarray) -> None:
+        """Open space k (task k's own units) and add task k's training data to every space
+        i <= k, embedded by task i's units (``adapted_lda_weight``)."""
+        k = self.tasks_learned - 1
+        if len(self.spaces) != k:
+            raise LearnerError(f"adapted_lda_weight: this model learned {k} tasks but holds "
+                               f"{len(self.spaces)} task spaces (the option was off for some); "
+                               "set adapted_lda_weight 0, or learn the scenario again with it")
+        self.spaces.append(StreamingLDA(name=f"proteus adapted_lda_weight (space {k})"))
+        for i, space in enumerate(self.spaces):
+            h = adapted if i == k or self.pool is None else self._embed(
+                task.train.items, i, ctx.batch_size, prefix)
+            space.add(h, task.train.labels, self.num_classes)
+            space.solve()
 
     def _train_units(self, task: Task, prefix: torch.Tensor | None, ctx: Context) -> None:
         o = self.options
@@ -299,32 +339,59 @@ class Proteus(LowRankLearner):
                          prefix: torch.Tensor | None) -> Prediction:
         """Decision "class" (``ProteusOptions.decision``): every class of the most likely
         tasks scored by its signature log-likelihood + weight x its ridge logit on its task's
-        adapted embedding; one adapted pass per candidate rank, each sample with its own
+        adapted embedding (+ ``adapted_lda_weight`` x its LDA score in the earliest
+        candidate's space); one adapted pass per candidate rank, each sample with its own
         candidate task's units (a mixed batch)."""
         o = self.options
         D = self.signatures.class_scores(features, self.num_classes)
         allowed = self._task_mask(self.num_classes)
         task_best = np.stack([D[:, cls].max(1) for cls in self.task_classes], 1)  # (N, T)
         ranked = np.argsort(-task_best, axis=1, kind="stable")  # ties: the earlier task
+        ranked = ranked[:, : min(o.decision_top, self.tasks_learned)]
         n = len(data)
+        # each candidate rank's embeddings (a frozen backbone: one serves every candidate)
+        embeddings = []
+        if o.decision_weight or o.adapted_lda_weight:
+            for j in range(ranked.shape[1]):
+                embeddings.append(embeddings[0] if embeddings and self.pool is None else
+                                  self._embeddings(data, ctx, ranked[:, j], prefix))
+        base = D
+        if o.adapted_lda_weight:
+            base = D + o.adapted_lda_weight * self._space_scores(embeddings, ranked)
         best = np.full(n, -np.inf)
         classes, tasks = np.zeros(n, dtype=np.int64), ranked[:, 0].copy()
-        # a frozen backbone (no units): one embedding serves every candidate
-        frozen = (self._head_logits(data, ctx, tasks, prefix)
-                  if o.decision_weight and self.pool is None else None)
-        for j in range(min(o.decision_top, self.tasks_learned)):
+        logits = None
+        for j in range(ranked.shape[1]):
             cand = ranked[:, j]
-            score = D
+            score = base
             if o.decision_weight:
-                logits = frozen if frozen is not None else self._head_logits(data, ctx, cand,
-                                                                             prefix)
-                score = D + o.decision_weight * logits
+                if logits is None or self.pool is not None:
+                    logits = self.head.logits(embeddings[j])
+                score = base + o.decision_weight * logits
             score = np.where(allowed[cand], score, -np.inf)
             top = score.argmax(1)
             value = score[np.arange(n), top]
             better = value > best
             best[better], classes[better], tasks[better] = value[better], top[better], cand[better]
         return Prediction(classes=classes, tasks=tasks, scores=best)
+
+    def _space_scores(self, embeddings: list[np.ndarray], ranked: np.ndarray) -> np.ndarray:
+        """(N, classes): each sample's LDA scores in space i, its earliest candidate task, on
+        that task's embedding (one of the candidates'); ``-inf`` outside space i's classes."""
+        n = len(ranked)
+        if len(self.spaces) != self.tasks_learned:
+            raise LearnerError(f"adapted_lda_weight: this model holds {len(self.spaces)} task "
+                               f"spaces for {self.tasks_learned} tasks (it learned them with the "
+                               "option off); set adapted_lda_weight 0")
+        pick = ranked.argmin(1)  # the candidate rank whose task is the earliest
+        space = ranked[np.arange(n), pick]
+        h = np.stack(embeddings)[pick, np.arange(n)]
+        E = np.full((n, self.num_classes), -np.inf)
+        for i in np.unique(space):
+            rows = space == i
+            scores = self.spaces[i].scores(h[rows])
+            E[rows, : scores.shape[1]] = scores
+        return E
 
     def predict_given_task(self, data, ctx, tasks, task_classes) -> np.ndarray:
         """Task k's backbone and the ridge logits restricted to task k's classes (the head's
@@ -355,22 +422,29 @@ class Proteus(LowRankLearner):
     def _head_logits(self, data: LabeledData, ctx: Context, tasks: np.ndarray,
                      prefix: torch.Tensor | None) -> np.ndarray:
         """Ridge logits over every class of sample i on the backbone of task ``tasks[i]``."""
+        return self.head.logits(self._embeddings(data, ctx, tasks, prefix))
+
+    def _embeddings(self, data: LabeledData, ctx: Context, tasks: np.ndarray,
+                    prefix: torch.Tensor | None) -> np.ndarray:
+        """Embedding of sample i on the backbone of task ``tasks[i]``."""
         if self.pool is None:
-            h = self._embed(data.items, None, ctx.batch_size, prefix)
-        elif self.options.merge_for_inference:
+            return self._embed(data.items, None, ctx.batch_size, prefix)
+        if self.options.merge_for_inference:
             h = np.zeros((len(data), self.backbone.embed_dim), dtype=np.float32)
             for k in np.unique(tasks):  # one dense model per retrieved task
                 rows = np.flatnonzero(tasks == k)
                 with self.pool.merged(int(k)):
                     h[rows] = self._embed(data.items, None, ctx.batch_size, prefix, rows)
-        else:
-            h = self._embed(data.items, tasks, ctx.batch_size, prefix)  # a mixed batch
-        return self.head.logits(h)
+            return h
+        return self._embed(data.items, tasks, ctx.batch_size, prefix)  # a mixed batch
 
     # -- state ---------------------------------------------------------------------------
     def state(self):
         tensors, meta = {}, {"tasks_learned": self.tasks_learned, "num_classes": self.num_classes,
                              "task_classes": self.task_classes}
+        meta["spaces"] = len(self.spaces)
+        for i, space in enumerate(self.spaces):
+            tensors.update(space.state(f"space.{i}."))
         parts = [("signatures", self.signatures), ("head", self.head)]
         if self.pool is not None:
             parts.append(("lora", self.pool))
@@ -388,6 +462,10 @@ class Proteus(LowRankLearner):
         for k, cls in enumerate(self.task_classes):
             self.class_task[cls] = k
         self.signatures.load_state(tensors, meta["signatures"])
+        self.spaces = []
+        for i in range(int(meta.get("spaces", 0))):  # absent: saved before adapted_lda_weight
+            self.spaces.append(StreamingLDA(name=f"proteus adapted_lda_weight (space {i})"))
+            self.spaces[i].load_state(tensors, f"space.{i}.")
         self.head.load_state(tensors, meta["head"])
         if self.pool is not None:
             self.pool.load_state(tensors, meta["lora"])
