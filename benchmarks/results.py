@@ -60,6 +60,9 @@ PRESETS = {
 # a preset cut from another benchmark's data: its baselines run from that benchmark's baseline
 # presets with this preset's data and scenario sections on top (one learner recipe per family)
 DERIVED = {"text-large": "text", "text-relations-paired": "text"}
+ADAPTED_LDA = "proteus, adapted-space LDA"
+# its control: the same evidence without units, every task space the frozen embedding
+ADAPTED_LDA_FROZEN = "proteus, adapted-space LDA, frozen backbone"
 # variant -> config overrides applied on top of the preset (whose learner is `proteus`)
 VARIANTS = {
     "proteus": [],
@@ -82,6 +85,10 @@ VARIANTS = {
     "proteus, no low-rank units (frozen backbone)": ["learner.train_adapters=false"],
     # the control of the default's class decision: the paper's two steps (docs/rerank.md)
     "proteus, retrieve then classify": ["learner.decision=task"],
+    # the class decision plus the earliest candidate task's adapted-space LDA, at the weight
+    # chosen on the text preset's validation split (docs/pair_space.md: 'adapted', gamma 0.3)
+    ADAPTED_LDA: ["learner.adapted_lda_weight=0.3"],
+    ADAPTED_LDA_FROZEN: ["learner.adapted_lda_weight=0.3", "learner.train_adapters=false"],
 }
 # baselines run from their presets, configs/offline/baselines/<name>-<preset>.yaml
 # (lda: the frozen-feature control, streaming shrinkage LDA on PROTEUS's retrieval features)
@@ -448,7 +455,7 @@ def control_summary(store: dict) -> list[str]:
         if parts:
             lines += [f"The evidence issue's targets on **{preset}** (`proteus`, mean of seeds "
                       f"{', '.join(sorted(ours))}): " + "; ".join(parts) + ".", ""]
-    decision, units, upper = [], [], []
+    decision, units, upper, adapted = [], [], [], []
     for preset, variants in store.items():
         joint = variants.get("joint-lora", {})
         shared = sorted(set(variants.get("proteus", {})) & set(joint))
@@ -483,6 +490,20 @@ def control_summary(store: dict) -> list[str]:
             gap, paired, verdict = paired_gap(ours, frozen)
             units.append(f"- **{preset}**: `proteus` with its units {verdict} a frozen "
                          "backbone: " + gap_text(gap, paired))
+        tied = variants.get(ADAPTED_LDA, {})
+        if tied:
+            parts = []
+            for name, rows in (("the default `proteus`", ours),
+                               (f"the same without units (its control, `{ADAPTED_LDA_FROZEN}`)",
+                                variants.get(ADAPTED_LDA_FROZEN, {})),
+                               (f"the best control, `{best}`", variants[best]),
+                               ("joint-lora", joint)):
+                seeds = sorted(set(tied) & set(rows))  # joint-lora may run fewer
+                if seeds:
+                    gap, paired, verdict = paired_gap({x: tied[x] for x in seeds},
+                                                      {x: rows[x] for x in seeds})
+                    parts.append(f"{verdict} {name}: " + gap_text(gap, paired))
+            adapted.append(f"- **{preset}**: `{ADAPTED_LDA}` " + " It ".join(parts))
         two_step = variants.get("proteus, retrieve then classify")
         if two_step:
             gap, paired, verdict = paired_gap(ours, two_step)
@@ -494,6 +515,11 @@ def control_summary(store: dict) -> list[str]:
     if upper:
         lines += ["", "`proteus` against the upper bound, joint-lora (every task's data at once, "
                   "its recipe as its preset states it), on the seeds both ran:", "", *upper]
+    if adapted:
+        lines += ["", "The class decision plus the earliest candidate task's adapted-space LDA "
+                  "(`learner.adapted_lda_weight`, its weight chosen on the text preset's "
+                  "validation split; [pair_space.md](pair_space.md)), on the seeds each pair "
+                  "ran:", "", *adapted]
     if decision:
         lines += ["", "The default's decision against its control, the same seeds and training "
                   "deciding in the paper's two steps (`proteus, retrieve then classify`):", "",
@@ -578,8 +604,9 @@ def pair_space_summary(report: dict) -> list[str]:
         return []
     return [("Breaking that tie with the earlier candidate task's adapted backbone (a shrinkage "
              "LDA per task's adapted space over its own and later tasks' classes, exemplar-free; "
-             "`benchmarks/pair_space.py`, [pair_space.md](pair_space.md); an experiment on "
-             "finished runs, not yet a `proteus` option), final accuracy on test:"), "",
+             "`benchmarks/pair_space.py`, [pair_space.md](pair_space.md), on finished runs that "
+             f"held out a validation split; the `adapted` form is `proteus`'s option "
+             f"`learner.adapted_lda_weight`, row `{ADAPTED_LDA}`), final accuracy on test:"), "",
             *lines, ""]
 
 

@@ -236,6 +236,21 @@ def test_control_summary_says_when_proteus_does_not_beat_the_best_control():
     assert "**vision** (seeds 1, 2): `proteus` does not beat joint-lora" in text
     assert "**text** (seed" not in text
 
+    # the adapted-space LDA row against the default, the best control and joint-lora, each on
+    # the seeds both ran
+    assert results.ADAPTED_LDA not in text
+    store["vision"][results.ADAPTED_LDA] = _runs(**{"1": {"final_accuracy": 0.93}})
+    text = "\n".join(results.control_summary(store))
+    assert (f"- **vision**: `{results.ADAPTED_LDA}` beats the default `proteus`: mean final "
+            "accuracy +1.00 points; per seed +1.00") in text
+    assert "It beats the best control, `lda`: mean final accuracy +1.50 points" in text
+    assert "It beats joint-lora: mean final accuracy +2.25 points; per seed +2.25 " in text
+    assert "without units" not in text  # its control not run: no line for it
+    store["vision"][results.ADAPTED_LDA_FROZEN] = _runs(**{"1": {"final_accuracy": 0.926}})
+    text = "\n".join(results.control_summary(store))
+    assert (f"It does not beat the same without units (its control, "
+            f"`{results.ADAPTED_LDA_FROZEN}`): mean final accuracy +0.40") in text
+
 
 def test_head_swap_cell_names_its_seeds_and_skips_learners_without_one_embedding():
     results = _load("results")
