@@ -503,7 +503,8 @@ def control_summary(store: dict) -> list[str]:
                     gap, paired, verdict = paired_gap({x: tied[x] for x in seeds},
                                                       {x: rows[x] for x in seeds})
                     parts.append(f"{verdict} {name}: " + gap_text(gap, paired))
-            adapted.append(f"- **{preset}**: `{ADAPTED_LDA}` " + " It ".join(parts))
+            if parts:  # no common seed with any of them: nothing to compare
+                adapted.append(f"- **{preset}**: `{ADAPTED_LDA}` " + " It ".join(parts))
         two_step = variants.get("proteus, retrieve then classify")
         if two_step:
             gap, paired, verdict = paired_gap(ours, two_step)

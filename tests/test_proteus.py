@@ -361,6 +361,11 @@ def test_adapted_space_lda_is_exemplar_free_and_adds_to_the_class_decision(tmp_p
         off.learner.predict(test, off.ctx)
     with pytest.raises(ValueError, match="learned 1 tasks but holds 0 task spaces"):
         off.learner.learn_task(tasks[1], off.ctx)
+    # a class trained on again (a similarity-mixed scenario) is refused before any training
+    with pytest.raises(ValueError, match=r"task 3 trains on classes \[0, 1\]"):
+        learner.learn_task(tasks[0], ctx)
+    assert learner.tasks_learned == T and len(learner.spaces) == T
+    assert learner.pool.num_tasks == T  # no units opened for it
 
 
 def test_class_decision_refuses_signatures_without_classes():
@@ -371,8 +376,9 @@ def test_class_decision_refuses_signatures_without_classes():
     with pytest.raises(ValueError, match="decision 'class' needs"):
         ProteusOptions(decision="class", retrieval="oracle")
     assert not ProteusOptions(retrieval="oracle").class_decision_holds()  # auto: two steps
-    with pytest.raises(ValueError, match="adapted_lda_weight adds to decision 'class'"):
-        ProteusOptions(decision="task", adapted_lda_weight=1.0)
+    for where in ({"decision": "task"}, {"retrieval": "oracle"}):  # auto: two steps there
+        with pytest.raises(ValueError, match="adapted_lda_weight adds to decision 'class'"):
+            ProteusOptions(adapted_lda_weight=1.0, **where)
     from proteus.learners.proteus import ProteusPaperOptions
     assert ProteusPaperOptions().decision == "task"
 

@@ -137,13 +137,13 @@ class StreamingLDA:
         return np.asarray(x, dtype=np.float64) @ self.coef.T + self.intercept
 
     def state(self, prefix: str) -> dict[str, torch.Tensor]:
-        if self.M is None:
+        """The solved coefficients, and the growth statistics where this one holds them (a
+        serving export loaded back holds none)."""
+        if self.coef is None:
             return {}
-        return {f"{prefix}M": torch.from_numpy(self.M), f"{prefix}v": torch.from_numpy(self.v),
-                f"{prefix}sum": torch.from_numpy(self.sum),
-                f"{prefix}count": torch.from_numpy(self.count),
-                f"{prefix}coef": torch.from_numpy(self.coef),
-                f"{prefix}intercept": torch.from_numpy(self.intercept)}
+        parts = {"count": self.count, "coef": self.coef, "intercept": self.intercept,
+                 "M": self.M, "v": self.v, "sum": self.sum}
+        return {prefix + k: torch.from_numpy(v) for k, v in parts.items() if v is not None}
 
     def load_state(self, tensors: dict[str, torch.Tensor], prefix: str) -> None:
         def get(key):  # growth statistics are absent from a serving export
@@ -180,8 +180,9 @@ class LDA(Learner):
                                self.options.batch_size)
 
     def learn_task(self, task: Task, ctx: Context) -> TaskOutcome:
-        self.num_classes = max(self.num_classes, max(task.classes) + 1)
-        rhos = self.lda.add(self.features(task.train, ctx), task.train.labels, self.num_classes)
+        top = max(self.num_classes, max(task.classes) + 1)
+        rhos = self.lda.add(self.features(task.train, ctx), task.train.labels, top)
+        self.num_classes = top
         self.tasks_learned += 1
         self.lda.solve()
         return TaskOutcome(extras={"shrinkage_mean": float(np.mean(list(rhos.values())))})

@@ -173,6 +173,8 @@ class Proteus(LowRankLearner):
         o, timing = self.options, {}
         k = self.tasks_learned
         items = task.train.items
+        if o.adapted_lda_weight:  # before any training: refuse without changing the learner
+            self._check_spaces(task)
         t0 = time.perf_counter()
         sig_x = None
         if o.signature_space == "frozen":  # one frozen pass: signature features and prefix
@@ -226,15 +228,31 @@ class Proteus(LowRankLearner):
             timing["certificate_s"] = time.perf_counter() - t0
         return TaskOutcome(timing=timing, extras=extras, certificate=cert)
 
-    def _update_spaces(self, task: Task, ctx: Context, prefix: torch.Tensor | None,
-                       adapted: np.ndarray) -> None:
-        """Open space k (task k's own units) and add task k's training data to every space
-        i <= k, embedded by task i's units (``adapted_lda_weight``)."""
-        k = self.tasks_learned - 1
+    def _check_spaces(self, task: Task) -> None:
+        """``adapted_lda_weight`` needs a space for every task learned so far, and each class's
+        training samples in one task (space 0 holds every class learned)."""
+        k = self.tasks_learned
         if len(self.spaces) != k:
             raise LearnerError(f"adapted_lda_weight: this model learned {k} tasks but holds "
                                f"{len(self.spaces)} task spaces (the option was off for some); "
                                "set adapted_lda_weight 0, or learn the scenario again with it")
+        if self.spaces and self.spaces[0].M is None:
+            raise LearnerError("adapted_lda_weight: this model holds no growth statistics for "
+                               "its task spaces (a serving export) and cannot learn")
+        seen = self.spaces[0].count if self.spaces else np.zeros(0)
+        again = [int(c) for c in np.unique(task.train.labels) if c < len(seen) and seen[c]]
+        if again:
+            raise LearnerError(f"adapted_lda_weight: task {k} trains on classes {again} that an "
+                               "earlier task trained on (e.g. a similarity-mixed scenario); the "
+                               "task spaces need each class's samples in one task: set "
+                               "adapted_lda_weight 0")
+
+    def _update_spaces(self, task: Task, ctx: Context, prefix: torch.Tensor | None,
+                       adapted: np.ndarray) -> None:
+        """Open space k (task k's own units) and add task k's training data to every space
+        i <= k, embedded by task i's units (``adapted_lda_weight``; checked by
+        ``_check_spaces`` before the task's training)."""
+        k = self.tasks_learned - 1
         self.spaces.append(StreamingLDA(name=f"proteus adapted_lda_weight (space {k})"))
         for i, space in enumerate(self.spaces):
             h = adapted if i == k or self.pool is None else self._embed(
@@ -385,7 +403,9 @@ class Proteus(LowRankLearner):
                                "option off); set adapted_lda_weight 0")
         pick = ranked.argmin(1)  # the candidate rank whose task is the earliest
         space = ranked[np.arange(n), pick]
-        h = np.stack(embeddings)[pick, np.arange(n)]
+        h = embeddings[0].copy()
+        for j in range(1, len(embeddings)):  # each row from its earliest candidate's pass
+            h[pick == j] = embeddings[j][pick == j]
         E = np.full((n, self.num_classes), -np.inf)
         for i in np.unique(space):
             rows = space == i
