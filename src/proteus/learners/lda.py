@@ -136,6 +136,10 @@ class StreamingLDA:
     def scores(self, x: np.ndarray) -> np.ndarray:
         return np.asarray(x, dtype=np.float64) @ self.coef.T + self.intercept
 
+    def nbytes(self) -> int:
+        return int(sum(a.nbytes for a in (self.count, self.sum, self.M, self.v, self.coef,
+                                          self.intercept) if a is not None))
+
     def state(self, prefix: str) -> dict[str, torch.Tensor]:
         """The solved coefficients, and the growth statistics where this one holds them (a
         serving export loaded back holds none)."""

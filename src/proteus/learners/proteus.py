@@ -214,9 +214,7 @@ class Proteus(LowRankLearner):
                                   "signature_shared_bytes": self.signatures.shared_nbytes(),
                                   "signature_components": int(len(self.signatures.tasks[k].means))}
         if self.spaces:
-            extras["adapted_lda_bytes"] = int(sum(sum(t.numel() * t.element_size()
-                                                      for t in sp.state("").values())
-                                                  for sp in self.spaces))
+            extras["adapted_lda_bytes"] = sum(space.nbytes() for space in self.spaces)
         if self.pool is not None:
             extras["units"] = self._unit_report(k, task, ctx, adapted)
         last = ctx.num_tasks is not None and k == ctx.num_tasks - 1
