@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from pydantic import ValidationError
 
 from proteus.cli import main
 from proteus.config import (ConfigError, RunConfig, apply_overrides, config_fingerprint,
@@ -15,6 +16,7 @@ from proteus.config import (ConfigError, RunConfig, apply_overrides, config_fing
 from proteus.data.readers import SyntheticOptions
 from proteus.data.scenario import ScenarioOptions
 from proteus.backbones.hf import TinyViTOptions
+from proteus.registry import Options, added_later
 
 
 def flat(text: str) -> str:
@@ -184,6 +186,34 @@ def test_fingerprint_ignores_where_a_run_went_and_nothing_it_measured(tiny_confi
     for change in (["seed=7"], ["learner.name=ranpac"], ["scenario.num_tasks=2"]):
         other = validate(apply_overrides(tiny_config, change))
         assert other.differs_from(recorded) and other.fingerprint() != config.fingerprint()
+
+
+def test_an_option_added_later_leaves_the_fingerprint_at_its_neutral_default(tiny_config):
+    """A run recorded before proteus had adapted_lda_weight is the same run as one at 0 now (its
+    rows stay fresh); the option at any other value is another run."""
+    config = validate(apply_overrides(tiny_config, ["learner={name: proteus}"]))
+    before = config.recorded()
+    assert before["learner"].pop("adapted_lda_weight") == 0.0
+    assert config_fingerprint(before) == config.fingerprint() and config.differs_from(before) == []
+    weighted = validate(apply_overrides(tiny_config, ["learner={name: proteus}",
+                                                      "learner.adapted_lda_weight=0.3"]))
+    assert weighted.fingerprint() != config.fingerprint()
+    assert weighted.differs_from(before) == ["learner"]
+    # an option not declared added-later stays in the fingerprint even at its default
+    alpha = config.recorded()
+    del alpha["learner"]["alpha"]
+    assert config_fingerprint(alpha) != config.fingerprint()
+
+
+def test_neutral_defaults_lists_only_options_declared_added_later():
+    class Opts(Options):
+        old: int = 3
+        new: float = added_later(0.0, ge=0)
+
+    assert Opts.neutral_defaults() == {"new": 0.0}
+    assert Opts().new == 0.0
+    with pytest.raises(ValidationError):
+        Opts(new=-1.0)  # the Field's constraints still apply
 
 
 def test_load_config_names_run_after_preset_and_applies_overrides(tiny_config, tmp_path):

@@ -86,9 +86,10 @@ class RunConfig(BaseModel):
     def differs_from(self, recorded: dict[str, Any]) -> list[str]:
         """The top-level keys where a finished run's recorded config (``results.json``'s
         ``config``) is not this one, ignoring where the run was written and whether it showed
-        progress; empty when the run is this config's run."""
-        want = self.recorded()
-        keys = (want.keys() | recorded.keys()) - RUN_PLACE
+        progress, and options added later at their neutral default (:func:`comparable`); empty
+        when the run is this config's run."""
+        want, recorded = comparable(self.recorded()), comparable(recorded)
+        keys = want.keys() | recorded.keys()
         return sorted(k for k in keys if want.get(k) != recorded.get(k))
 
     def recorded(self) -> dict[str, Any]:
@@ -107,11 +108,35 @@ RUN_PLACE = frozenset({"name", "output_dir", "progress"})
 
 
 def config_fingerprint(recorded: dict[str, Any]) -> str:
-    """A short hash of a run's recorded config, :data:`RUN_PLACE` aside, so that a stored
+    """A short hash of a run's recorded config as :func:`comparable` keeps it, so that a stored
     result can later be checked against the config its preset resolves to now."""
-    kept = {k: v for k, v in recorded.items() if k not in RUN_PLACE}
-    canonical = json.dumps(kept, sort_keys=True, separators=(",", ":"))
+    canonical = json.dumps(comparable(recorded), sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(canonical.encode()).hexdigest()[:16]
+
+
+def comparable(recorded: dict[str, Any]) -> dict[str, Any]:
+    """A recorded config without :data:`RUN_PLACE`, and without each component option declared
+    with :func:`~proteus.registry.added_later` while it holds its neutral default: a run made
+    before such an option existed compares equal to the same run made after. A component whose
+    name is no longer registered is kept whole."""
+    # lazy, as in validate: registering every component happens on first use
+    from .backbones import BACKBONES
+    from .data import DATASETS
+    from .learners import LEARNERS
+
+    def strip(section: Any, registry: Registry) -> Any:
+        if not isinstance(section, dict) or section.get("name") not in registry.names():
+            return section
+        neutral = registry.get(section["name"]).options.neutral_defaults()
+        return {k: v for k, v in section.items() if k not in neutral or v != neutral[k]}
+
+    kept = {k: v for k, v in recorded.items() if k not in RUN_PLACE}
+    for key, registry in (("backbone", BACKBONES), ("learner", LEARNERS)):
+        if key in kept:
+            kept[key] = strip(kept[key], registry)
+    if isinstance(kept.get("data"), list):
+        kept["data"] = [strip(source, DATASETS) for source in kept["data"]]
+    return kept
 
 
 def _split_component(raw: Any, where: str) -> tuple[str, dict[str, Any]]:

@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Callable, Generic, TypeVar
 
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 T = TypeVar("T")
 
@@ -18,6 +18,25 @@ class Options(BaseModel):
     """Base of every component's options: unknown keys are errors."""
 
     model_config = ConfigDict(extra="forbid")
+
+    @classmethod
+    def neutral_defaults(cls) -> dict[str, Any]:
+        """The options declared with :func:`added_later`, each with the default that reproduces
+        the runs made before it existed."""
+        return {name: field.default for name, field in cls.model_fields.items()
+                if isinstance(field.json_schema_extra, dict)
+                and field.json_schema_extra.get(_ADDED_LATER)}
+
+
+_ADDED_LATER = "added_later"
+
+
+def added_later(default: Any, **kwargs: Any) -> Any:
+    """A pydantic ``Field`` for an option added after results were stored, whose ``default``
+    leaves a run exactly as it was before the option existed. A config fingerprint leaves such
+    an option out while it holds that default (:func:`proteus.config.config_fingerprint`), so
+    adding it does not mark every stored row of its component stale."""
+    return Field(default, json_schema_extra={_ADDED_LATER: True}, **kwargs)
 
 
 class ConfigError(ValueError):

@@ -33,6 +33,7 @@ from ..data.base import LabeledData, take
 from ..data.scenario import Task
 from ..heads import RidgeHead
 from ..lora import LowRankPool
+from ..registry import added_later
 from ..seeding import derive_seed
 from ..signatures import SignatureOptions, TaskSignatures, certificate, retrieve
 from .base import LEARNERS, Capabilities, Context, LearnerError, Prediction, TaskOutcome
@@ -78,7 +79,9 @@ class ProteusOptions(LowRankOptions):
     # Costs one d x d statistic per task and k extra adapted passes at task k; at predict, the
     # candidates' embeddings serve (no extra pass). 0: off. On the text preset's validation
     # split (3 seeds) 0.3 gained 0.7 points; on vision every weight tied (docs/pair_space.md)
-    adapted_lda_weight: float = Field(0.0, ge=0)
+    # (added after this learner's rows were stored: 0 leaves a run as it was, so a run config's
+    # fingerprint leaves it out at 0)
+    adapted_lda_weight: float = added_later(0.0, ge=0)
     retrieval_batch: int = Field(64, gt=0)  # batch size for retrieval "batch"
     # head (section 5)
     proj_dim: int = Field(10000, ge=0)
