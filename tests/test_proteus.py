@@ -368,33 +368,6 @@ def test_adapted_space_lda_is_exemplar_free_and_adds_to_the_class_decision(tmp_p
     assert learner.pool.num_tasks == T  # no units opened for it
 
 
-def test_head_negatives_add_each_task_on_every_earlier_tasks_units(tmp_path):
-    """head_negatives: the ridge head's Gram matrix is every task's data on its own units plus,
-    counted ``w`` times, task k's data on every earlier task i's units; Q holds only the
-    labelled rows (exemplar-free: no earlier task's data is used)."""
-    w = 0.5
-    run = assembled(tiny_config_dict(tmp_path, learner={**LEARNER, "head_negatives": w}))
-    learner, ctx, tasks = run.learner, run.ctx, run.scenario.tasks
-    for task in tasks:
-        learner.learn_task(task, ctx)
-    G = np.zeros(learner.head.G.shape)
-    Q = np.zeros(learner.head.Q.shape)
-    with torch.no_grad():
-        for k, task in enumerate(tasks):
-            prefix = learner._prefix(task.train.items, 64)
-            phi = learner.head.features(learner._embed(task.train.items, k, 64, prefix)).numpy()
-            G += phi.T @ phi
-            Q[:, :] += phi.T @ np.eye(Q.shape[1])[task.train.labels]
-            for i in range(k):
-                neg = learner.head.features(learner._embed(task.train.items, i, 64, prefix))
-                G += w * neg.numpy().T @ neg.numpy()
-    np.testing.assert_allclose(learner.head.G.numpy(), G, rtol=1e-6, atol=1e-6)
-    np.testing.assert_allclose(learner.head.Q.numpy(), Q, rtol=1e-6, atol=1e-6)
-    from proteus.learners.proteus import ProteusOptions
-    with pytest.raises(ValueError, match="head_negatives needs low-rank units"):
-        ProteusOptions(head_negatives=1.0, train_adapters=False)
-
-
 def test_class_decision_refuses_signatures_without_classes():
     from proteus.learners.proteus import ProteusOptions
 

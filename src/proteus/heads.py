@@ -71,17 +71,6 @@ class RidgeHead:
         self.W_out = self.solve(self.lam)
         return self.lam
 
-    def add_negatives(self, h: np.ndarray, weight: float = 1.0) -> None:
-        """Add rows with an all-zero target, each counted ``weight`` times: ``G`` grows, ``Q``
-        does not, so the logits of every class are pulled towards 0 on inputs like ``h``. The
-        next :meth:`update` chooses lambda and solves with them in ``G``."""
-        h = np.asarray(h)
-        part = active().part(len(h))
-        if len(part) < len(h):
-            h = h[part]
-        phi = self.features(h)
-        self.G += weight * all_reduce(phi.T @ phi)
-
     def _select_lambda(self, phi: torch.Tensor, y: torch.Tensor, part: np.ndarray,
                        n: int) -> float:
         """lambda of least validation error; ``phi``, ``y``: rows ``part`` of the task's ``n``

@@ -82,15 +82,6 @@ class ProteusOptions(LowRankOptions):
     # (added after this learner's rows were stored: 0 leaves a run as it was, so a run config's
     # fingerprint leaves it out at 0)
     adapted_lda_weight: float = added_later(0.0, ge=0)
-    # cross-space negatives [ours]: when task k arrives, its training data embedded by every
-    # earlier task i's units, h_i(x), enters the ridge head with an all-zero target, counted
-    # head_negatives times. Task i's classes are scored on h_i(x) whenever the decision weighs
-    # task i: these rows teach the head that a later task's inputs on h_i are none of task i's
-    # classes (exemplar-free: only the current task's data passes the old units; the reverse
-    # direction, earlier data on later units, stays unseen). Costs k extra adapted passes at
-    # task k, nothing at predict. Needs units (a frozen backbone would add each task's own
-    # features as negatives). 0: off. (Added after this learner's rows were stored.)
-    head_negatives: float = added_later(0.0, ge=0)
     retrieval_batch: int = Field(64, gt=0)  # batch size for retrieval "batch"
     # head (section 5)
     proj_dim: int = Field(10000, ge=0)
@@ -117,10 +108,6 @@ class ProteusOptions(LowRankOptions):
             raise ValueError("adapted_lda_weight adds to decision 'class': it needs decision "
                              "'class' or 'auto' with class-Gaussian signatures in the frozen "
                              "space and retrieval sample; set adapted_lda_weight 0")
-        if self.head_negatives and not self.train_adapters:
-            raise ValueError("head_negatives needs low-rank units: with train_adapters false "
-                             "every task's space is the frozen backbone, so the negatives "
-                             "would be each task's own features; set head_negatives 0")
         return self
 
     def class_decision_holds(self) -> bool:
@@ -218,10 +205,6 @@ class Proteus(LowRankLearner):
         timing["signature_s"] = time.perf_counter() - t0
 
         t0 = time.perf_counter()
-        if o.head_negatives and self.pool is not None:
-            for i in range(k):  # one earlier task's space at a time: bounded memory
-                self.head.add_negatives(self._embed(items, i, ctx.batch_size, prefix),
-                                        o.head_negatives)
         lam = self.head.update(adapted, task.train.labels, self.num_classes)
         timing["head_s"] = time.perf_counter() - t0
         if o.adapted_lda_weight:
