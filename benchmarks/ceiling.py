@@ -61,7 +61,9 @@ from proteus.metrics import mean_std  # noqa: E402
 from proteus.storage import write_json_atomic, write_text_atomic  # noqa: E402
 
 PRESETS = {"vision": "configs/offline/baselines/lda-vision.yaml",
-           "text": "configs/offline/baselines/lda-text.yaml"}
+           "text": "configs/offline/baselines/lda-text.yaml",
+           # the hard vision preset: its cross-task decision is where proteus trails joint-lora
+           "vision-clutter": "configs/offline/baselines/lda-vision-clutter.yaml"}
 VAL_FRACTION = 0.1  # the fraction every validation tune of these presets held out
 #: the joint heads and the grid each one's setting is chosen from, on validation
 GRIDS = {"logistic, joint": ("C", [1e-4, 1e-3, 1e-2, 0.1, 1.0, 10.0]),

@@ -1022,3 +1022,25 @@ def test_control_summary_checks_the_evidence_issues_vision_targets():
     text = "\n".join(results.control_summary(store))
     assert ("targets on **vision** (`proteus`, mean of seeds 1, 2): final accuracy >= 93.00: "
             "93.00, met; task retrieval >= 94.00: 93.00, **missed**.") in text
+
+
+
+def test_ceiling_presets_are_the_lda_rows_of_the_results_table():
+    """Each preset file ceiling.py fits its heads from is the config of results.py's ``lda``
+    row on that preset (same fingerprint), and a derived preset's file is its parent's lda
+    preset on its data and scenario, as results.py would derive it without the file."""
+    from proteus.config import config_fingerprint, read_yaml
+
+    ceiling, results = _load("ceiling"), _load("results")
+    root = BENCH.parent
+    for preset, path in ceiling.PRESETS.items():
+        own = proteus.load_config(root / path, ["seed=1993", "progress=false"]).resolved()
+        row = results.run_config(preset, "lda", 1993, "runs/bench").resolved()
+        assert config_fingerprint(own) == config_fingerprint(row), path
+        parent = results.DERIVED.get(preset)
+        if parent is not None:
+            base, overrides = results.baseline_preset("lda", parent)
+            data = read_yaml(results.PRESETS[preset])
+            derived = proteus.load_config(base, overrides + results.flat_overrides(
+                {k: data[k] for k in ("data", "scenario")}) + ["seed=1993", "progress=false"])
+            assert config_fingerprint(derived.resolved()) == config_fingerprint(own), path
