@@ -127,6 +127,12 @@ BASELINE_VARIANTS = {
     "o-lora, text recipe": ("o-lora", O_LORA_TEXT_RECIPE),
     "sd-lora-ca, text recipe": ("sd-lora-ca", SD_LORA_TEXT_RECIPE),
     "sd-lora, text recipe": ("sd-lora", SD_LORA_TEXT_RECIPE),
+    # InfLoRA's units on every EfficientNet block's 1x1 convolutions (joint-lora's units on
+    # vision-clutter, where adapting the early blocks is what opens the room there,
+    # docs/adaptation_gap.md), its own rank and budget otherwise; EfficientNet's names, so the
+    # vision presets only
+    "inflora-ca, every block": ("inflora-ca", [
+        "learner.targets=['_blocks\\.\\d+\\._(expand|project)_conv']"]),
     # SLCA fine-tunes every weight: joint-lora's units on text-relations (every block's q, v,
     # feed-forward and output layers, rank 8, scale 1.0; MiniLM's names, so the text presets
     # only) under SLCA's code's SGD (momentum 0.9, lr 1e-2, the units at 1/100 of it, no
