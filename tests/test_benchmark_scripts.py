@@ -1024,7 +1024,6 @@ def test_control_summary_checks_the_evidence_issues_vision_targets():
             "93.00, met; task retrieval >= 94.00: 93.00, **missed**.") in text
 
 
-
 def test_ceiling_presets_are_the_lda_rows_of_the_results_table():
     """Each preset file ceiling.py fits its heads from is the config of results.py's ``lda``
     row on that preset (same fingerprint), and a derived preset's file is its parent's lda
